@@ -1,0 +1,23 @@
+"""ASGI type aliases, kept local so the package needs nothing beyond the standard library to type-check."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The call types of SPEC section 2, in the order LiteLLM lists them.
+CALL_TYPES = (
+    "completion",
+    "text_completion",
+    "embeddings",
+    "image_generation",
+    "moderation",
+    "audio_transcription",
+    "responses",
+)

@@ -1,0 +1,88 @@
+"""Who is calling: :class:`UserAPIKeyAuth`, resolved from the request's headers or a user ``auth`` callable.
+
+The presented key is hashed (SHA-256) at once and never kept or logged: hooks see ``api_key`` as the hex digest,
+which is also what LiteLLM hands its hooks (``user_api_key_dict.token``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._types import Scope
+
+
+@dataclass
+class UserAPIKeyAuth:
+    """The caller of one request, handed to every hook of that request (the same object throughout).
+
+    Hooks may keep request-scoped notes in ``metadata``; they are never forwarded downstream::
+
+        UserAPIKeyAuth(user_id="u-1", team_id="t-1", rpm_limit=60)
+
+    The fields after ``metadata`` are the ones LiteLLM's limiter hooks read; they stay ``None`` unless an
+    ``auth`` callable fills them in.
+    """
+
+    api_key: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    key_alias: str | None = None
+    end_user_id: str | None = None
+    user_role: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    max_parallel_requests: int | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+
+    @property
+    def token(self) -> str | None:
+        """LiteLLM's name for the hashed key."""
+        return self.api_key
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 hex of an API key, the only form in which a key is kept."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    bearer = api_key = x_api_key = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            if scheme.lower() == b"bearer" and credentials.strip():
+                bearer = credentials.strip()
+        elif name == b"api-key":
+            api_key = value.strip() or None
+        elif name == b"x-api-key":
+            x_api_key = value.strip() or None
+    key = bearer or api_key or x_api_key
+    return key.decode("latin-1") if key else None
+
+
+def _scope_user_id(scope: Scope) -> str | None:
+    """The id an authentication middleware left in ``scope["user"]`` (Starlette's ``BaseUser`` or a string)."""
+    user = scope.get("user")
+    if user is None:
+        return None
+    if isinstance(user, str):
+        return user or None
+    if not getattr(user, "is_authenticated", False):
+        return None
+    for attribute in ("identity", "display_name", "username"):
+        try:
+            value = getattr(user, attribute)
+        except (AttributeError, NotImplementedError):
+            continue
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def default_identity(scope: Scope) -> UserAPIKeyAuth:
+    """Identity from the request alone: the hashed key of ``Authorization: Bearer``, ``api-key`` or
+    ``x-api-key``, and ``user_id`` from ``scope["user"]``. A missing key is not an error."""
+    key = _presented_key(scope.get("headers") or [])
+    return UserAPIKeyAuth(api_key=hash_key(key) if key else None, user_id=_scope_user_id(scope))

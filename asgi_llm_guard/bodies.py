@@ -1,0 +1,108 @@
+"""The guarded request body: read once and bounded, parsed, and replayed to the downstream app (SPEC 3).
+
+The body must be a JSON object whatever the ``Content-Type`` says, because many OpenAI-compatible handlers parse
+it regardless; a body the guard could not parse must never reach such a handler unguarded. What orjson rejects
+(invalid UTF-8, ``NaN``, integers beyond 64 bits, nesting deeper than 1024) is therefore a 400, not a pass-through.
+The app receives the re-serialised ``data``, so hooks and app always agree on every value (duplicate keys
+included: the last one wins for both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from ._types import Message, Receive
+from .errors import GuardError
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the request finished; failure hooks receive this."""
+
+    status_code = 499
+
+    def __init__(self, message: str = "client disconnected") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """Every ``http.request`` body, at most ``limit`` bytes (413 as soon as more arrive)."""
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnected("client disconnected before sending the request body")
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise too_large(limit)
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected("client disconnected before sending the whole request body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def too_large(limit: int) -> GuardError:
+    return GuardError(413, f"Request body is larger than the limit of {limit} bytes.")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 that says what is wrong with it."""
+    if not body:
+        raise GuardError(400, "The request body is empty; send a JSON object.")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise GuardError(400, f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise GuardError(400, f"The request body must be a JSON object, not a JSON {type(data).__name__}.")
+    return data
+
+
+class ReplayedReceive:
+    """The ``receive`` the downstream app gets: the final body once, then the client's disconnect.
+
+    The middleware itself waits for a disconnect too (to cancel hooks and the app), and ASGI servers differ in
+    whether two concurrent ``receive()`` calls both see it (uvicorn's do, hypercorn's queue hands it to one), so
+    one caller at a time reads the real ``receive`` and everyone learns the result.
+    """
+
+    __slots__ = ("_receive", "_pending", "_disconnect", "_lock")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._pending: Message | None = None
+        self._disconnect: Message | None = None
+        self._lock = asyncio.Lock()
+
+    def replay(self, body: bytes) -> None:
+        """The body the app's first ``receive()`` returns."""
+        self._pending = {"type": "http.request", "body": body, "more_body": False}
+
+    async def __call__(self) -> Message:
+        message = self._pending
+        if message is not None:
+            self._pending = None
+            return message
+        return await self.disconnected()
+
+    async def disconnected(self) -> Message:
+        if self._disconnect is not None:
+            return self._disconnect
+        async with self._lock:
+            while self._disconnect is None:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    self._disconnect = message
+            return self._disconnect

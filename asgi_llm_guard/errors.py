@@ -1,0 +1,174 @@
+"""Exceptions hooks raise and receive, and the mapping of any exception to an OpenAI-shaped error (SPEC 5).
+
+Any exception with an integer ``status_code`` is honoured, whichever framework defined it (Starlette, FastAPI,
+Litestar, the ``openai`` SDK, or the user's own), so a LiteLLM handler that raises FastAPI's ``HTTPException``
+works unchanged. Anything else is a bug in the hook: a 500 whose message names the hook, never the exception's
+text (that could carry a prompt or a key), unless the middleware was built with ``expose_hook_errors=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    """The OpenAI error ``type`` for a status: ``error_type(429) == "rate_limit_error"``."""
+    known = _TYPE_BY_STATUS.get(status)
+    if known is not None:
+        return known
+    return "invalid_request_error" if 400 <= status < 500 else "internal_server_error"
+
+
+class RejectRequest(Exception):
+    """Raise from any hook to refuse the request with ``message`` (SPEC 4).
+
+    Chat, text-completion and Responses API requests get a normal 200 answer carrying the message, in the
+    format (streamed or not) the client asked for; every other call type gets a 400 error with the message::
+
+        async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
+            if "forbidden" in str(data.get("messages")):
+                raise RejectRequest("I can't help with that.")
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UpstreamError(Exception):
+    """What ``async_post_call_failure_hook`` receives when the downstream app answered with a status >= 400.
+
+    ``status_code`` is that status, ``body`` the raw response body and ``message`` the OpenAI envelope's
+    ``error.message`` when the body has one, else the decoded body::
+
+        async def async_post_call_failure_hook(self, request_data, original_exception, user_api_key_dict):
+            if isinstance(original_exception, UpstreamError) and original_exception.status_code == 429:
+                ...
+    """
+
+    def __init__(self, status_code: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.headers: dict[str, str] = dict(headers or {})
+        self.message = _upstream_message(body)
+        super().__init__(f"downstream app answered {status_code}: {self.message}")
+
+
+def _upstream_message(body: bytes) -> str:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        for key in ("message", "detail"):
+            if isinstance(parsed.get(key), str):
+                return str(parsed[key])
+    return body.decode("utf-8", "replace")
+
+
+class GuardError(Exception):
+    """An error answered by the middleware itself: a status, an OpenAI error envelope and extra headers.
+
+    Failure hooks receive one for errors that no hook raised (body, ``enforce_user_param`` and ``auth``
+    errors, timeouts), so ``original_exception.status_code`` is always there to read.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        stage: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type or error_type(status_code)
+        self.param = param
+        self.headers: dict[str, str] = dict(headers or {})
+        self.stage = stage
+
+    def body(self) -> bytes:
+        """The JSON error envelope of SPEC 5."""
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": self.param,
+                    "code": str(self.status_code),
+                }
+            }
+        )
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The integer ``status_code`` an exception carries, if any (``bool`` is not a status)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+        return status
+    return None
+
+
+def message_of(exc: BaseException) -> str:
+    """The client-facing message of an exception that carries a status (SPEC 5).
+
+    ``detail`` when it is a string; from a dict ``detail``: ``detail["error"]`` (a string),
+    ``detail["error"]["message"]`` or ``detail["message"]``, else the dict as JSON. Without ``detail``,
+    ``message`` (as on ``openai`` SDK errors and our own) or the exception's text.
+    """
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, str) and detail:
+        return detail
+    if isinstance(detail, Mapping):
+        error = detail.get("error")
+        if isinstance(error, str):
+            return error
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(detail.get("message"), str):
+            return str(detail["message"])
+        return orjson.dumps(detail, default=str).decode()
+    if detail is not None and not isinstance(detail, str):
+        return orjson.dumps(detail, default=str).decode()
+    message = getattr(exc, "message", None)
+    if isinstance(message, str) and message:
+        return message
+    return str(exc) or type(exc).__name__
+
+
+def headers_of(exc: BaseException) -> dict[str, str]:
+    """The response headers an exception asks for (``HTTPException(..., headers={"Retry-After": "3"})``)."""
+    headers: Any = getattr(exc, "headers", None)
+    if isinstance(headers, Mapping):
+        return {str(k): str(v) for k, v in headers.items()}
+    return {}
+
+
+def from_exception(exc: BaseException, *, stage: str | None = None) -> GuardError | None:
+    """A :class:`GuardError` for an exception that carries a status, else ``None``."""
+    if isinstance(exc, GuardError):
+        return exc
+    status = status_of(exc)
+    if status is None:
+        return None
+    return GuardError(status, message_of(exc), headers=headers_of(exc), stage=stage)

@@ -1,0 +1,307 @@
+"""Hook discovery, binding and calling (SPEC 1 and 2).
+
+A hook is any object with at least one of :data:`HOOK_METHODS`; it need not subclass :class:`CallHook`. Methods
+are called by parameter name, worked out once at construction, so the full LiteLLM signatures and the shorter ones
+its documentation shows (``async_moderation_hook(self, data)``) both work. Two differences from LiteLLM, on
+purpose: an inherited ``async_pre_call_hook`` runs (LiteLLM only calls one defined on the class itself), and the
+no-op defaults of :class:`CallHook` are never called at all, so subclassing it costs nothing per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .auth import UserAPIKeyAuth
+
+logger = logging.getLogger("asgi_llm_guard")
+
+#: Each hook method with the arguments the middleware offers it, in LiteLLM's positional order.
+HOOK_METHODS: dict[str, tuple[str, ...]] = {
+    "async_pre_call_hook": ("user_api_key_dict", "cache", "data", "call_type"),
+    "async_moderation_hook": ("data", "user_api_key_dict", "call_type"),
+    "async_post_call_success_hook": ("data", "user_api_key_dict", "response"),
+    "async_post_call_failure_hook": ("request_data", "original_exception", "user_api_key_dict"),
+    "async_post_call_streaming_hook": ("user_api_key_dict", "response"),
+    "async_post_call_streaming_iterator_hook": ("user_api_key_dict", "response", "request_data"),
+}
+
+#: Other names a parameter may have, mapped to the argument they receive.
+_ALIASES = {
+    "request_data": "data",
+    "data": "request_data",
+    "exception": "original_exception",
+    "user_api_key_auth": "user_api_key_dict",
+    "traceback_str": "traceback_str",
+}
+
+
+class CallHook:
+    """Optional base class for hooks: every hook method as an async no-op (LiteLLM's ``CustomLogger`` shape).
+
+    Override the methods you need; the no-op ones are skipped by the middleware::
+
+        class BlockWord(CallHook):
+            async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
+                if "forbidden" in str(data):
+                    return "I can't help with that."
+                return data
+    """
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict[str, Any], call_type: str
+    ) -> dict[str, Any] | str | Exception | None:
+        return None
+
+    async def async_moderation_hook(
+        self, data: dict[str, Any], user_api_key_dict: UserAPIKeyAuth, call_type: str
+    ) -> Any:
+        return None
+
+    async def async_post_call_success_hook(
+        self, data: dict[str, Any], user_api_key_dict: UserAPIKeyAuth, response: Any
+    ) -> Any:
+        return None
+
+    async def async_post_call_failure_hook(
+        self, request_data: dict[str, Any], original_exception: Exception, user_api_key_dict: UserAPIKeyAuth
+    ) -> Any:
+        return None
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: UserAPIKeyAuth, response: Any) -> Any:
+        return None
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: UserAPIKeyAuth, response: Any, request_data: dict[str, Any]
+    ) -> Any:
+        return response
+
+
+class HookTimeout(Exception):
+    """A hook call outlived its timeout."""
+
+    def __init__(self, hook: BoundHook, seconds: float) -> None:
+        super().__init__(f"{hook.stage} hook {hook.name} timed out after {seconds:g}s")
+        self.hook = hook
+        self.seconds = seconds
+
+
+_STAGE_BY_METHOD = {
+    "async_pre_call_hook": "pre_call",
+    "async_moderation_hook": "moderation",
+    "async_post_call_success_hook": "post_call",
+    "async_post_call_failure_hook": "failure",
+    "async_post_call_streaming_hook": "streaming",
+    "async_post_call_streaming_iterator_hook": "streaming",
+}
+
+
+@dataclass(frozen=True)
+class BoundHook:
+    """One hook method with its argument plan, worked out at construction."""
+
+    name: str  # the hook's class name, used in error messages and logs
+    method_name: str
+    method: Callable[..., Any]
+    keywords: tuple[tuple[str, str], ...]  # (parameter, argument) pairs; empty when positional
+    positional: tuple[str, ...]  # arguments passed by position, when the names could not be matched
+    timeout: float | None
+    fail_open: bool
+
+    @property
+    def stage(self) -> str:
+        return _STAGE_BY_METHOD[self.method_name]
+
+    def invoke(self, arguments: Mapping[str, Any]) -> Any:
+        """Call the method; returns whatever it returns (an awaitable for async methods)."""
+        if self.positional:
+            return self.method(*[arguments[name] for name in self.positional])
+        return self.method(**{parameter: arguments[source] for parameter, source in self.keywords})
+
+    async def call(self, arguments: Mapping[str, Any]) -> Any:
+        """Call and await the method, bounded by the hook's timeout (raises :class:`HookTimeout`)."""
+        result = self.invoke(arguments)
+        if not inspect.isawaitable(result):
+            return result
+        if self.timeout is None:
+            return await result
+        return await _bounded(result, self)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _bounded(awaitable: Awaitable[Any], hook: BoundHook) -> Any:
+        assert hook.timeout is not None
+        try:
+            async with asyncio.timeout(hook.timeout) as scope:
+                return await awaitable
+        except TimeoutError:
+            if scope.expired():
+                raise HookTimeout(hook, hook.timeout) from None
+            raise
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _bounded(awaitable: Awaitable[Any], hook: BoundHook) -> Any:
+        assert hook.timeout is not None
+        try:
+            return await asyncio.wait_for(awaitable, hook.timeout)
+        except asyncio.TimeoutError:
+            raise HookTimeout(hook, hook.timeout) from None
+
+
+def resolve_hook(entry: object) -> object:
+    """An import string ``"pkg.module.attr"`` / ``"pkg.module:attr"`` to the object it names; other entries as
+    they are."""
+    if not isinstance(entry, str):
+        return entry
+    module_name, sep, attribute = entry.partition(":")
+    if not sep:
+        module_name, _, attribute = entry.rpartition(".")
+    if not module_name or not attribute:
+        raise ValueError(f"hook {entry!r} is not an import string; write it as 'package.module.attribute'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"hook {entry!r} does not resolve: cannot import module {module_name!r} ({exc})"
+        ) from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(
+                f"hook {entry!r} does not resolve: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    return target
+
+
+def _is_default(hook: object, method_name: str) -> bool:
+    """True when the method is CallHook's own no-op, which need not be called."""
+    return getattr(type(hook), method_name, None) is getattr(CallHook, method_name)
+
+
+def _plan(
+    hook_name: str, method_name: str, method: Callable[..., Any]
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    offered = HOOK_METHODS[method_name]
+    available = set(offered) | {"traceback_str"}
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):
+        return (), offered  # a builtin or C callable: LiteLLM's positional order
+    keywords: list[tuple[str, str]] = []
+    unknown: list[str] = []
+    takes_var_keyword = False
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            takes_var_keyword = True
+            continue
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            continue
+        name = parameter.name
+        source = name if name in available else _ALIASES.get(name)
+        if source is not None and source in available and parameter.kind is not parameter.POSITIONAL_ONLY:
+            keywords.append((name, source))
+        elif parameter.default is parameter.empty:
+            unknown.append(name)
+    if not unknown:
+        if takes_var_keyword:
+            named = {source for _, source in keywords}
+            keywords.extend((name, name) for name in offered if name not in named)
+        return tuple(keywords), ()
+    positional_params = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(positional_params) <= len(offered) and all(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        for p in signature.parameters.values()
+        if p.name in unknown
+    ):
+        return (), offered[: len(positional_params)]
+    raise TypeError(
+        f"{hook_name}.{method_name} has parameters {', '.join(unknown)} that the middleware cannot fill; "
+        f"name them from: {', '.join(offered)}"
+    )
+
+
+@dataclass(frozen=True)
+class HookSet:
+    """The bound hook methods of a middleware, per stage, in the order the hooks were given."""
+
+    pre_call: tuple[BoundHook, ...] = ()
+    moderation: tuple[BoundHook, ...] = ()
+    success: tuple[BoundHook, ...] = ()
+    failure: tuple[BoundHook, ...] = ()
+    streaming: tuple[BoundHook, ...] = ()
+    streaming_iterator: tuple[BoundHook, ...] = ()
+
+    @property
+    def touches_response(self) -> bool:
+        return bool(self.success or self.streaming or self.streaming_iterator)
+
+
+_FIELD_BY_METHOD = {
+    "async_pre_call_hook": "pre_call",
+    "async_moderation_hook": "moderation",
+    "async_post_call_success_hook": "success",
+    "async_post_call_failure_hook": "failure",
+    "async_post_call_streaming_hook": "streaming",
+    "async_post_call_streaming_iterator_hook": "streaming_iterator",
+}
+
+
+def bind_hooks(entries: Iterable[object], default_timeout: float | None) -> HookSet:
+    """Resolve and bind every hook, raising ``TypeError``/``ValueError`` for entries that cannot work."""
+    stages: dict[str, list[BoundHook]] = {field: [] for field in _FIELD_BY_METHOD.values()}
+    for index, entry in enumerate(entries):
+        hook = resolve_hook(entry)
+        where = f"hooks[{index}]" + (f" ({entry!r})" if isinstance(entry, str) else "")
+        if isinstance(hook, type):
+            raise TypeError(
+                f"{where} is the class {hook.__name__}; pass an instance, not the class: hooks=[{hook.__name__}()]"
+            )
+        methods = [name for name in HOOK_METHODS if callable(getattr(hook, name, None))]
+        if not methods:
+            raise TypeError(
+                f"{where} ({type(hook).__name__}) has none of the hook methods "
+                f"({', '.join(HOOK_METHODS)}); define at least one, e.g. async_pre_call_hook"
+            )
+        name = type(hook).__name__
+        timeout = getattr(hook, "timeout", default_timeout)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise TypeError(f"{name}.timeout must be a positive number of seconds or None, not {timeout!r}")
+        fail_open = getattr(hook, "fail_open", False)
+        if not isinstance(fail_open, bool):
+            raise TypeError(f"{name}.fail_open must be True or False, not {fail_open!r}")
+        for method_name in methods:
+            if _is_default(hook, method_name):
+                continue
+            method = getattr(hook, method_name)
+            keywords, positional = _plan(name, method_name, method)
+            stages[_FIELD_BY_METHOD[method_name]].append(
+                BoundHook(
+                    name=name,
+                    method_name=method_name,
+                    method=method,
+                    keywords=keywords,
+                    positional=positional,
+                    timeout=float(timeout) if timeout is not None else None,
+                    fail_open=fail_open,
+                )
+            )
+    return HookSet(**{field: tuple(bound) for field, bound in stages.items()})
+
+
+def log_hook_exception(hook: BoundHook, exc: BaseException) -> None:
+    logger.error("%s hook %s raised %s", hook.stage, hook.name, type(exc).__name__, exc_info=exc)

@@ -1,0 +1,475 @@
+"""``LLMHookMiddleware``: the ASGI entry point and the flow of one guarded request.
+
+Unguarded traffic (not HTTP, not POST, not a guarded route) reaches the app with the very same ``scope``,
+``receive`` and ``send`` after one dict lookup. A guarded request goes: identity → body (read once, bounded) →
+``enforce_user_param`` → pre-call hooks → moderation (before, or raced against the app) → the app, whose response
+flows back through :class:`~asgi_llm_guard.pipeline.ResponsePipeline`. Any failure on the way is reported once to
+the failure hooks and answered in the form the client can still receive (SPEC 4 and 5).
+
+Differences from the LiteLLM proxy, on purpose: ``enforce_user_param`` answers 400 and rejects ``null`` (LiteLLM
+answers 401 and lets ``null`` through); moderation can run before the app (``moderation="before"``) so a blocked
+prompt is never sent to a paid model; a broken hook is a 500 naming the hook, not its exception text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .auth import UserAPIKeyAuth, default_identity
+from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large
+from .cache import DualCache
+from .errors import GuardError, RejectRequest, from_exception
+from .hooks import BoundHook, HookSet, HookTimeout, bind_hooks, log_hook_exception
+from .pipeline import ResponsePipeline
+from .routes import RouteMatch, RouteTable
+
+logger = logging.getLogger("asgi_llm_guard")
+
+MiB = 1024 * 1024
+AuthCallable = Callable[[Scope], Awaitable[UserAPIKeyAuth]]
+_FORWARD_DROPPED = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"content-encoding"})
+_USER_PARAM_MESSAGE = "'user' param not passed in. 'enforce_user_param'=True"
+
+
+@dataclass
+class GuardState:
+    """What the downstream app finds in ``scope["state"]["llm_guard"]`` (``request.state.llm_guard``)."""
+
+    call_type: str
+    user_api_key_dict: UserAPIKeyAuth
+    data: dict[str, Any]
+
+
+class _Stop(Exception):
+    """Ends the request flow with a refusal or an error; ``original`` is what failure hooks see."""
+
+    def __init__(self, outcome: RejectRequest | GuardError, original: BaseException) -> None:
+        super().__init__(str(outcome))
+        self.outcome = outcome
+        self.original = original
+
+
+class LLMHookMiddleware:
+    """Runs LiteLLM-style call hooks on every OpenAI-compatible request of an ASGI app.
+
+    ::
+
+        app = FastAPI()
+        app.add_middleware(LLMHookMiddleware, hooks=[MyHook()], enforce_user_param=True)
+        # or, for any ASGI app:
+        app = LLMHookMiddleware(app, hooks=["my_hooks.proxy_handler_instance"])
+
+    All options are keyword-only and checked here, so a mistake fails at start-up, not at the first request.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        hooks: Iterable[object] = (),
+        enforce_user_param: bool = False,
+        routes: Mapping[str, str | None] | None = None,
+        max_body_bytes: int = 10 * MiB,
+        auth: AuthCallable | None = None,
+        cache: DualCache | None = None,
+        hook_timeout: float | None = None,
+        moderation: str = "parallel",
+        expose_hook_errors: bool = False,
+    ) -> None:
+        if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
+            raise TypeError(
+                f"hooks must be a list of hook objects or import strings, e.g. hooks=[MyHook()], "
+                f"not {hooks!r}"
+            )
+        for name, flag in (
+            ("enforce_user_param", enforce_user_param),
+            ("expose_hook_errors", expose_hook_errors),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, not {flag!r}")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
+            raise TypeError(f"max_body_bytes must be a positive int (bytes), not {max_body_bytes!r}")
+        if hook_timeout is not None and (
+            isinstance(hook_timeout, bool) or not isinstance(hook_timeout, (int, float)) or hook_timeout <= 0
+        ):
+            raise TypeError(
+                f"hook_timeout must be a positive number of seconds or None, not {hook_timeout!r}"
+            )
+        if auth is not None and not callable(auth):
+            raise TypeError(f"auth must be an async callable (scope) -> UserAPIKeyAuth, not {auth!r}")
+        if cache is not None and not isinstance(cache, DualCache):
+            raise TypeError(f"cache must be a DualCache, e.g. cache=DualCache(redis_url=...), not {cache!r}")
+        if not isinstance(moderation, str):
+            raise TypeError(f"moderation must be 'parallel' or 'before', not {moderation!r}")
+        if moderation not in ("parallel", "before"):
+            raise ValueError(f"moderation must be 'parallel' or 'before', not {moderation!r}")
+        if routes is not None and not isinstance(routes, Mapping):
+            raise TypeError(
+                f"routes must be a dict such as {{'/chat/completions': 'completion'}}, not {routes!r}"
+            )
+        self.app = app
+        self.hooks: HookSet = bind_hooks(list(hooks), hook_timeout)
+        self.routes = RouteTable(routes)
+        self.enforce_user_param = enforce_user_param
+        self.max_body_bytes = max_body_bytes
+        self.auth = auth
+        self.cache = cache if cache is not None else DualCache()
+        self.moderate_first = moderation == "before"
+        self.expose_hook_errors = expose_hook_errors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        match = self.routes.match(path)
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        await GuardedCall(self, scope, receive, send, match).run()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not getattr(self.cache, "owns_connections", False):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing_cache(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.cache.aclose()
+            await send(message)
+
+        await self.app(scope, receive, send_closing_cache)
+
+
+class GuardedCall:
+    """The state and flow of one guarded request; never shared between requests."""
+
+    def __init__(
+        self, guard: LLMHookMiddleware, scope: Scope, receive: Receive, send: Send, match: RouteMatch
+    ) -> None:
+        self.guard = guard
+        self.hooks = guard.hooks
+        self.scope = scope
+        self.receive = receive
+        self.call_type = match.call_type
+        self.route_params = match.params
+        self.data: dict[str, Any] = {}
+        self.original_data: Mapping[str, Any] = {}
+        self.model = match.params.get("deployment", "")
+        self.user = UserAPIKeyAuth()
+        self.args: dict[str, Any] = {}
+        self.pipeline = ResponsePipeline(self, send)
+        self._failure_reported = False
+        self._client_gone = False
+        self._active = True
+
+    # -- outcomes ----------------------------------------------------------------------------------------
+
+    def outcome(self, exc: BaseException, hook: BoundHook, stage: str) -> RejectRequest | GuardError:
+        """What the client gets for an exception a hook raised at ``stage``."""
+        if isinstance(exc, RejectRequest):
+            exc.stage = stage  # type: ignore[attr-defined]
+            return exc
+        if isinstance(exc, HookTimeout):
+            return GuardError(503, str(exc), type="timeout_error", stage=stage)
+        error = from_exception(exc, stage=stage)
+        if error is not None:
+            if error.stage is None:
+                error.stage = stage
+            return error
+        log_hook_exception(hook, exc)
+        message = f"{stage} hook {hook.name} failed"
+        if self.guard.expose_hook_errors:
+            message += f": {type(exc).__name__}: {exc}"
+        return GuardError(500, message, stage=stage)
+
+    def wrong_type(self, hook: BoundHook, result: object, expected: str) -> GuardError:
+        logger.error(
+            "%s hook %s returned %s; it must return %s",
+            hook.stage,
+            hook.name,
+            type(result).__name__,
+            expected,
+        )
+        return GuardError(500, f"{hook.stage} hook {hook.name} failed", stage=hook.stage)
+
+    def app_outcome(self, exc: BaseException) -> GuardError:
+        error = from_exception(exc)
+        if error is not None:
+            return error
+        return GuardError(500, "The downstream app failed while handling the request.")
+
+    @staticmethod
+    def stage_of(outcome: RejectRequest) -> str | None:
+        return getattr(outcome, "stage", None)
+
+    async def report_failure(self, original: BaseException) -> GuardError | None:
+        """Call the failure hooks once for this request; returns the error a hook put in place, if any."""
+        if self._failure_reported:
+            return None
+        self._failure_reported = True
+        hooks = self.hooks.failure
+        if not hooks:
+            return None
+        args = self.args or {"user_api_key_dict": self.user, "data": self.data}
+        args["request_data"] = self.data
+        args["original_exception"] = original
+        args["traceback_str"] = "".join(traceback.format_exception(original))
+        replacement: GuardError | None = None
+        for hook in hooks:
+            try:
+                result = await hook.call(args)
+            except HookTimeout as exc:
+                logger.warning("%s", exc)
+                continue
+            except Exception as exc:
+                error = from_exception(exc)
+                if error is None:
+                    log_hook_exception(hook, exc)
+                else:
+                    replacement = error
+                continue
+            if isinstance(result, BaseException):
+                error = from_exception(result)
+                if error is not None:
+                    replacement = error
+        return replacement
+
+    # -- the flow ----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        host = asyncio.current_task()
+        watcher: asyncio.Task[None] | None = None
+        try:
+            try:
+                await self._identify()
+                body = await self._read()
+                self._parse(body)
+                receive = ReplayedReceive(self.receive)
+                if host is not None:
+                    watcher = asyncio.get_running_loop().create_task(self._watch(receive, host))
+                await self._pre_call()
+                await self._forward(receive)
+            except _Stop as stop:
+                await self.pipeline.fail(stop.outcome, stop.original)
+            except ClientDisconnected as exc:
+                await self.report_failure(exc)
+        except asyncio.CancelledError:
+            if not self._client_gone:
+                raise
+            if sys.version_info >= (3, 11) and host is not None:
+                host.uncancel()
+            with contextlib.suppress(Exception):
+                await self.report_failure(ClientDisconnected())
+        finally:
+            self._active = False
+            if watcher is not None:
+                watcher.cancel()
+            await self.pipeline.close()
+
+    async def _watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
+        """Cancel the request when the client leaves before its response ended (SPEC 6)."""
+        await receive.disconnected()
+        if self._active and not self.pipeline.done:
+            self._client_gone = True
+            host.cancel()
+
+    async def _identify(self) -> None:
+        auth = self.guard.auth
+        if auth is None:
+            self.user = default_identity(self.scope)
+            return
+        try:
+            user = await auth(self.scope)
+        except Exception as exc:
+            error = from_exception(exc)
+            if error is None:
+                logger.error("the auth callable raised %s", type(exc).__name__, exc_info=exc)
+                error = GuardError(500, "Authentication failed.")
+            raise _Stop(error, exc) from None
+        if not isinstance(user, UserAPIKeyAuth):
+            error = GuardError(500, "Authentication failed.")
+            logger.error("the auth callable returned %s, not a UserAPIKeyAuth", type(user).__name__)
+            raise _Stop(error, TypeError(error.message))
+        self.user = user
+
+    async def _read(self) -> bytes:
+        limit = self.guard.max_body_bytes
+        for name, value in self.scope["headers"]:
+            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                error = GuardError(
+                    415,
+                    f"Content-Encoding {value.decode('latin-1')!r} is not supported; "
+                    "send the body uncompressed.",
+                )
+                raise _Stop(error, error)
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    bad_length = GuardError(400, "The Content-Length header is not a number.")
+                    raise _Stop(bad_length, bad_length) from None
+                if declared > limit:
+                    oversize = too_large(limit)
+                    raise _Stop(oversize, oversize)
+        try:
+            return await read_body(self.receive, limit)
+        except GuardError as error:
+            raise _Stop(error, error) from None
+
+    def _parse(self, body: bytes) -> None:
+        try:
+            data = parse_json_object(body)
+        except GuardError as error:
+            raise _Stop(error, error) from None
+        self.data = data
+        self.original_data = dict(data)
+        model = data.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        elif not self.model:
+            self.model = "unknown"
+        user = data.get("user")
+        if self.user.end_user_id is None and isinstance(user, str) and user:
+            self.user.end_user_id = user
+        if self.guard.enforce_user_param and not (isinstance(user, str) and user):
+            missing = GuardError(400, _USER_PARAM_MESSAGE, param="user")
+            raise _Stop(missing, missing)
+
+    async def _pre_call(self) -> None:
+        args = self.args = {
+            "user_api_key_dict": self.user,
+            "cache": self.guard.cache,
+            "data": self.data,
+            "request_data": self.data,
+            "call_type": self.call_type,
+        }
+        for hook in self.hooks.pre_call:
+            try:
+                result = await hook.call(args)
+            except HookTimeout as exc:
+                if hook.fail_open:
+                    logger.warning("%s; going on without it (fail_open)", exc)
+                    continue
+                raise _Stop(self.outcome(exc, hook, "pre_call"), exc) from None
+            except Exception as exc:
+                raise _Stop(self.outcome(exc, hook, "pre_call"), exc) from None
+            if result is None:
+                continue
+            if isinstance(result, dict):
+                self.data = args["data"] = args["request_data"] = result
+            elif isinstance(result, str):
+                refusal = RejectRequest(result)
+                raise _Stop(self.outcome(refusal, hook, "pre_call"), refusal)
+            elif isinstance(result, Exception):
+                raise _Stop(self.outcome(result, hook, "pre_call"), result)
+            else:
+                error = self.wrong_type(hook, result, "a dict, None, a str or an exception")
+                raise _Stop(error, TypeError(error.message))
+
+    async def _moderate(self) -> None:
+        hooks = self.hooks.moderation
+        if len(hooks) == 1:
+            await self._moderate_one(hooks[0])
+            return
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._moderate_one(hook)) for hook in hooks]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:  # the first failure in hook order decides, as it would run one by one
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _moderate_one(self, hook: BoundHook) -> None:
+        try:
+            await hook.call(self.args)
+        except HookTimeout as exc:
+            if hook.fail_open:
+                logger.warning("%s; going on without it (fail_open)", exc)
+                return
+            raise _Stop(self.outcome(exc, hook, "moderation"), exc) from None
+        except Exception as exc:
+            raise _Stop(self.outcome(exc, hook, "moderation"), exc) from None
+
+    def _downstream_scope(self, body: bytes) -> Scope:
+        drop_accept_encoding = self.hooks.touches_response
+        headers = [
+            (name, value)
+            for name, value in self.scope["headers"]
+            if name not in _FORWARD_DROPPED and not (drop_accept_encoding and name == b"accept-encoding")
+        ]
+        headers.append((b"content-type", b"application/json"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        scope = dict(self.scope)
+        scope["headers"] = headers
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["llm_guard"] = GuardState(self.call_type, self.user, self.data)
+        return scope
+
+    async def _forward(self, receive: ReplayedReceive) -> None:
+        body = orjson.dumps(self.data)
+        scope = self._downstream_scope(body)
+        receive.replay(body)
+        pipeline = self.pipeline
+        if self.hooks.moderation and self.guard.moderate_first:
+            await self._moderate()
+        if not self.hooks.moderation or self.guard.moderate_first:
+            try:
+                await self.guard.app(scope, receive, pipeline.send)
+            except Exception as exc:
+                await pipeline.finish_after_app(exc)
+                return
+            await pipeline.finish_after_app(None)
+            return
+        await self._race(scope, receive)
+
+    async def _race(self, scope: Scope, receive: ReplayedReceive) -> None:
+        """Moderation and the app at once; the app's response is held until moderation passes (SPEC 6)."""
+        pipeline = self.pipeline
+        pipeline.hold()
+        app_task = asyncio.ensure_future(self.guard.app(scope, receive, pipeline.send))
+        try:
+            await self._moderate()
+        except BaseException:
+            pipeline.drop()
+            app_task.cancel()
+            with contextlib.suppress(BaseException):
+                await app_task
+            raise
+        try:
+            await pipeline.release()
+        except BaseException:
+            app_task.cancel()
+            with contextlib.suppress(BaseException):
+                await app_task
+            if pipeline.done:
+                return
+            raise
+        try:
+            await app_task  # a cancelled request cancels app_task with it
+        except Exception as exc:
+            await pipeline.finish_after_app(exc)
+        else:
+            await pipeline.finish_after_app(None)

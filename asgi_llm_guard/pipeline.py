@@ -1,0 +1,340 @@
+"""The response side of a guarded request: what the downstream app sends, on its way to the client.
+
+The app gets :meth:`ResponsePipeline.send`. Each response takes one of four paths, chosen at
+``http.response.start`` from its status and content type and from which hooks exist, so a response no hook
+needs is forwarded as it comes (no copy, no parse, no buffer):
+
+- *pass*: forwarded unchanged.
+- *success*: a 2xx JSON body with post-call success hooks: collected, parsed, hooked, re-serialised with a
+  matching ``content-length``.
+- *upstream error*: a status >= 400 with failure hooks: collected so the hooks see it (as :class:`UpstreamError`)
+  and may replace it.
+- *stream*: ``text/event-stream`` with streaming hooks: parsed incrementally and rewritten (see ``streaming.py``);
+  the start is held until the first rewritten bytes, so a hook failing on the first chunk still gets a real status.
+
+While moderation hooks run in parallel with the app, everything it sends is held, in order, and released only
+when they all pass (SPEC 6). Whatever the app or a hook does, the client sees a legal ASGI message sequence: one
+start, bodies, one final ``more_body=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ._types import Message, Send
+from .errors import GuardError, RejectRequest, UpstreamError
+from .responses import send_error, send_refusal
+from .streaming import StreamRewriter
+
+if TYPE_CHECKING:
+    from .middleware import GuardedCall
+
+logger = logging.getLogger("asgi_llm_guard")
+
+_PASS, _SUCCESS, _UPSTREAM_ERROR, _STREAM = range(4)
+
+
+class ResponseClosed(Exception):
+    """Raised into the downstream app when it sends after the response to the client has ended."""
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+def _is_sse(content_type: bytes) -> bool:
+    return content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"
+
+
+def _decode(body: bytes, encoding: bytes) -> bytes | None:
+    """A gzip/deflate body decoded, the body itself for identity, ``None`` for encodings we cannot read."""
+    encoding = encoding.strip().lower()
+    if encoding in (b"", b"identity"):
+        return body
+    try:
+        if encoding in (b"gzip", b"x-gzip"):
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if encoding == b"deflate":
+            return zlib.decompress(body)
+    except zlib.error:
+        return None
+    return None
+
+
+class ResponsePipeline:
+    """The downstream app's ``send`` for one guarded request."""
+
+    def __init__(self, call: GuardedCall, send: Send) -> None:
+        self.call = call
+        self._send = send
+        self.started = False  # http.response.start went to the client
+        self.done = False  # the final body went to the client
+        self.is_sse = False
+        self._app_started = False
+        self._app_done = False
+        self._held: list[Message] | None = None
+        self._mode = _PASS
+        self._start: Message | None = None
+        self._chunks: list[bytes] = []
+        self.stream: StreamRewriter | None = None
+
+    # -- to the client -----------------------------------------------------------------------------------
+
+    async def emit(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.done = True
+        await self._send(message)
+
+    async def emit_start(self) -> None:
+        """Send the held start message, if one is held."""
+        start, self._start = self._start, None
+        if start is not None:
+            await self.emit(start)
+
+    # -- moderation hold ---------------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        self._held = []
+
+    async def release(self) -> None:
+        """Forward what the app sent while moderation ran, in order; later sends go straight through."""
+        held = self._held
+        assert held is not None
+        index = 0
+        while index < len(held):  # the app may add to the list while an earlier message is forwarded
+            await self._process(held[index])
+            index += 1
+        self._held = None
+
+    def drop(self) -> None:
+        """Forget what the app sent; it never reaches the client (a moderation hook rejected)."""
+        self._held = []
+
+    # -- from the app ------------------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        if self.done or self._app_done:
+            raise ResponseClosed("the response has already ended")
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self._app_started:
+                raise RuntimeError("ASGI: http.response.start sent twice")
+            self._app_started = True
+        elif kind == "http.response.body":
+            if not self._app_started:
+                raise RuntimeError("ASGI: http.response.body sent before http.response.start")
+            if not message.get("more_body", False):
+                self._app_done = True
+        if self._held is not None:
+            self._held.append(message)
+            return
+        await self._process(message)
+
+    async def _process(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            mode = self._mode
+            if mode == _PASS:
+                await self.emit(message)
+                return
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if mode == _STREAM:
+                assert self.stream is not None
+                await self.stream.feed(body, more)
+                return
+            if body:
+                self._chunks.append(body)
+            if not more:
+                if mode == _SUCCESS:
+                    await self._finish_success()
+                else:
+                    await self._finish_upstream_error()
+            return
+        if kind == "http.response.start":
+            await self._on_start(message)
+            return
+        if self._start is not None:  # e.g. trailers after a held start: the start must go first
+            await self.emit_start()
+        await self.emit(message)
+
+    async def _on_start(self, message: Message) -> None:
+        status = message["status"]
+        hooks = self.call.hooks
+        content_type = b""
+        for name, value in message.get("headers", ()):
+            if name.lower() == b"content-type":
+                content_type = value
+                break
+        self.is_sse = _is_sse(content_type)
+        if status >= 400:
+            if hooks.failure:
+                self._mode, self._start = _UPSTREAM_ERROR, message
+                return
+        elif self.is_sse:
+            if hooks.streaming or hooks.streaming_iterator:
+                self._mode, self._start = _STREAM, message
+                self.stream = StreamRewriter(self.call, self)
+                return
+        elif hooks.success and 200 <= status < 300 and _is_json(content_type):
+            self._mode, self._start = _SUCCESS, message
+            return
+        await self.emit(message)
+
+    # -- buffered endings --------------------------------------------------------------------------------
+
+    def _held_headers(self, drop: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
+        assert self._start is not None
+        return [(k, v) for k, v in self._start.get("headers", ()) if k.lower() not in drop]
+
+    async def _emit_held(self, body: bytes) -> None:
+        await self.emit_start()
+        await self.emit({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _finish_success(self) -> None:
+        assert self._start is not None
+        raw = b"".join(self._chunks)
+        self._chunks = []
+        encoding = b""
+        for name, value in self._start.get("headers", ()):
+            if name.lower() == b"content-encoding":
+                encoding = value
+        decoded = _decode(raw, encoding)
+        try:
+            parsed = orjson.loads(decoded) if decoded is not None else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, (dict, list)):
+            logger.warning("post_call hooks skipped: the downstream JSON response could not be decoded")
+            await self._emit_held(raw)
+            return
+        call = self.call
+        response: Any = parsed
+        for hook in call.hooks.success:
+            call.args["response"] = response
+            try:
+                result = await hook.call(call.args)
+            except Exception as exc:
+                await self.fail(call.outcome(exc, hook, "post_call"), exc)
+                return
+            if result is None:
+                continue
+            replacement = _as_json_value(result)
+            if replacement is None:
+                error = call.wrong_type(hook, result, "a dict, None or an exception")
+                await self.fail(error, TypeError(error.message))
+                return
+            response = replacement
+        body = orjson.dumps(response)
+        start = self._start
+        headers = self._held_headers((b"content-length", b"content-encoding"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        self._start = {**start, "headers": headers}
+        await self._emit_held(body)
+
+    async def _finish_upstream_error(self) -> None:
+        assert self._start is not None
+        body = b"".join(self._chunks)
+        self._chunks = []
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self._start.get("headers", ())}
+        error = UpstreamError(self._start["status"], body, headers)
+        replacement = await self.call.report_failure(error)
+        if replacement is not None:
+            self._start = None
+            await send_error(self.emit, replacement)
+            return
+        await self._emit_held(body)
+
+    # -- failures ----------------------------------------------------------------------------------------
+
+    async def fail(self, outcome: RejectRequest | GuardError, original: BaseException) -> None:
+        """End the request with a refusal or an error, in whatever form is still possible.
+
+        Failure hooks see ``original`` first and may replace an error that has not started yet.
+        """
+        replacement = await self.call.report_failure(original)
+        if replacement is not None:
+            outcome = replacement
+        if self.done:
+            return
+        call = self.call
+        stage = getattr(outcome, "stage", None) if isinstance(outcome, GuardError) else call.stage_of(outcome)
+        if not self.started:
+            self._start = None
+            self._chunks = []
+            if isinstance(outcome, RejectRequest):
+                await send_refusal(
+                    self.emit,
+                    outcome.message,
+                    call.call_type,
+                    call.original_data,
+                    call.model,
+                    stage or "pre_call",
+                )
+            else:
+                await send_error(self.emit, outcome, stage)
+            return
+        if self.stream is not None:
+            await self.stream.end_with(outcome)
+        elif self.is_sse:
+            await self.emit(
+                {
+                    "type": "http.response.body",
+                    "body": _sse_error(outcome, call.call_type),
+                    "more_body": False,
+                }
+            )
+        else:
+            await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def finish_after_app(self, exc: BaseException | None) -> None:
+        """Leave the client with a complete response after the app returned or raised ``exc``."""
+        if exc is not None and not isinstance(exc, ResponseClosed):
+            if not self.done:
+                logger.error("the downstream app raised %s", type(exc).__name__, exc_info=exc)
+                outcome = self.call.app_outcome(exc)
+                await self.fail(outcome, exc)
+                return
+            logger.error(
+                "the downstream app raised %s after its response ended", type(exc).__name__, exc_info=exc
+            )
+            return
+        if self.done:
+            return
+        if not self._app_started:
+            error = GuardError(500, "The downstream app returned without sending a response.")
+            await self.fail(error, error)
+            return
+        if self._held is not None:
+            return  # moderation still decides
+        if self._start is not None and self._mode != _STREAM:
+            await self.emit_start()
+        await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
+
+
+def _as_json_value(result: Any) -> Any:
+    if isinstance(result, (dict, list)):
+        return result
+    dump = getattr(result, "model_dump", None)
+    if callable(dump):
+        dumped = dump()
+        return dumped if isinstance(dumped, (dict, list)) else None
+    return None
+
+
+def _sse_error(outcome: RejectRequest | GuardError, call_type: str) -> bytes:
+    from .streaming import error_events
+
+    return b"".join(error_events(outcome, call_type, sequence=None))

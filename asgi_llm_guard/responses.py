@@ -1,0 +1,323 @@
+"""Answers the middleware writes itself: OpenAI-shaped errors and refusals, JSON and SSE (SPEC 4 and 5).
+
+Refusals of chat, text-completion and Responses API requests are normal 200 answers in the format the client asked
+for, so the official SDKs parse them as completions or streams. Unlike LiteLLM, ``model`` is the model the client
+asked for (LiteLLM answers ``"model": null``, which strict clients reject) and ``usage`` is all zeros (not ``{}``).
+Every string goes through orjson, so a message holding ``"\\n\\ndata: "`` stays inside its JSON string and cannot
+inject SSE frames; header values are never built from messages.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from ._types import Send
+from .errors import GuardError
+from .sse import DONE, encode_json
+
+REFUSED_AS_ANSWER = frozenset({"completion", "text_completion", "responses"})
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def _id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def _encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def send_body(
+    send: Send, status: int, body: bytes, base: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [*base, (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, error: GuardError, rejected_stage: str | None = None) -> None:
+    """The JSON error of SPEC 5 with the error's own headers (e.g. ``Retry-After``)."""
+    extra = _encode_headers(error.headers)
+    if rejected_stage:
+        extra.append((b"x-llm-guard-rejected", rejected_stage.encode()))
+    await send_body(send, error.status_code, error.body(), _JSON_HEADERS, extra)
+
+
+# -- chat completions ----------------------------------------------------------------------------------------
+
+
+def chat_completion(message: str, model: str) -> dict[str, Any]:
+    return {
+        "id": _id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": message},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+def chat_chunk(
+    stream_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None
+) -> dict[str, Any]:
+    return {
+        "id": stream_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def _usage_chunk(base: dict[str, Any]) -> dict[str, Any]:
+    return {**base, "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+def chat_refusal_events(message: str, model: str, include_usage: bool) -> Iterator[bytes]:
+    stream_id, created = _id("chatcmpl-"), int(time.time())
+    yield encode_json(chat_chunk(stream_id, created, model, {"role": "assistant", "content": message}, None))
+    finish = chat_chunk(stream_id, created, model, {}, "stop")
+    yield encode_json(finish)
+    if include_usage:
+        yield encode_json(_usage_chunk(finish))
+    yield DONE
+
+
+# -- text completions ----------------------------------------------------------------------------------------
+
+
+def text_completion(
+    message: str,
+    model: str,
+    stream_id: str | None = None,
+    created: int | None = None,
+    finish_reason: str | None = "stop",
+) -> dict[str, Any]:
+    return {
+        "id": stream_id or _id("cmpl-"),
+        "object": "text_completion",
+        "created": created if created is not None else int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"text": message, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+def text_refusal_events(message: str, model: str, include_usage: bool) -> Iterator[bytes]:
+    stream_id, created = _id("cmpl-"), int(time.time())
+    content = text_completion(message, model, stream_id, created, finish_reason=None)
+    del content["usage"]
+    yield encode_json(content)
+    finish = text_completion("", model, stream_id, created, finish_reason="stop")
+    del finish["usage"]
+    yield encode_json(finish)
+    if include_usage:
+        yield encode_json(_usage_chunk(finish))
+    yield DONE
+
+
+# -- Responses API -------------------------------------------------------------------------------------------
+
+
+def _output_message(message_id: str, text: str, status: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": message_id,
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+        if status == "completed"
+        else [],
+    }
+
+
+def responses_object(
+    message: str,
+    model: str,
+    response_id: str | None = None,
+    created: int | None = None,
+    status: str = "completed",
+) -> dict[str, Any]:
+    done = status == "completed"
+    return {
+        "id": response_id or _id("resp_"),
+        "object": "response",
+        "created_at": created if created is not None else int(time.time()),
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "model": model,
+        "output": [_output_message(_id("msg_"), message, "completed")] if done else [],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": None,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": None,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": 0,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 0,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 0,
+        }
+        if done
+        else None,
+        "user": None,
+        "metadata": {},
+    }
+
+
+def _named(event: dict[str, Any]) -> bytes:
+    return encode_json(event, event=event["type"])
+
+
+def responses_closing_events(
+    message: str, response: dict[str, Any], message_id: str, sequence: int, *, opened: bool, text_so_far: str
+) -> Iterator[bytes]:
+    """The events that end a Responses API stream with ``message`` as (further) output text.
+
+    ``opened`` says whether ``response.output_item.added`` / ``content_part.added`` for ``message_id`` were
+    already sent; ``text_so_far`` is the text already streamed into that part.
+    """
+    if not opened:
+        yield _named(
+            {
+                "type": "response.output_item.added",
+                "sequence_number": sequence,
+                "output_index": 0,
+                "item": _output_message(message_id, "", "in_progress"),
+            }
+        )
+        sequence += 1
+        yield _named(
+            {
+                "type": "response.content_part.added",
+                "sequence_number": sequence,
+                "item_id": message_id,
+                "output_index": 0,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+            }
+        )
+        sequence += 1
+    yield _named(
+        {
+            "type": "response.output_text.delta",
+            "sequence_number": sequence,
+            "item_id": message_id,
+            "output_index": 0,
+            "content_index": 0,
+            "delta": message,
+            "logprobs": [],
+        }
+    )
+    sequence += 1
+    text = text_so_far + message
+    yield _named(
+        {
+            "type": "response.output_text.done",
+            "sequence_number": sequence,
+            "item_id": message_id,
+            "output_index": 0,
+            "content_index": 0,
+            "text": text,
+            "logprobs": [],
+        }
+    )
+    sequence += 1
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    yield _named(
+        {
+            "type": "response.content_part.done",
+            "sequence_number": sequence,
+            "item_id": message_id,
+            "output_index": 0,
+            "content_index": 0,
+            "part": part,
+        }
+    )
+    sequence += 1
+    item = _output_message(message_id, text, "completed")
+    yield _named(
+        {"type": "response.output_item.done", "sequence_number": sequence, "output_index": 0, "item": item}
+    )
+    sequence += 1
+    completed = {
+        **response,
+        "status": "completed",
+        "output": [item],
+        "usage": responses_object("", response.get("model", ""))["usage"],
+    }
+    yield _named({"type": "response.completed", "sequence_number": sequence, "response": completed})
+
+
+def responses_refusal_events(message: str, model: str) -> Iterator[bytes]:
+    response = responses_object(message, model, status="in_progress")
+    yield _named({"type": "response.created", "sequence_number": 0, "response": response})
+    yield from responses_closing_events(message, response, _id("msg_"), 1, opened=False, text_so_far="")
+
+
+# -- dispatch ------------------------------------------------------------------------------------------------
+
+
+def wants_stream(data: Mapping[str, Any]) -> bool:
+    return data.get("stream") is True
+
+
+def include_usage(data: Mapping[str, Any]) -> bool:
+    options = data.get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
+async def send_refusal(
+    send: Send, message: str, call_type: str, data: Mapping[str, Any], model: str, stage: str
+) -> None:
+    """Answer ``message`` as the client's request asked (SPEC 4); a 400 error for non-answer call types."""
+    rejected = [(b"x-llm-guard-rejected", stage.encode())]
+    if call_type not in REFUSED_AS_ANSWER:
+        await send_error(send, GuardError(400, message), stage)
+        return
+    if not wants_stream(data):
+        if call_type == "completion":
+            body = chat_completion(message, model)
+        elif call_type == "text_completion":
+            body = text_completion(message, model)
+        else:
+            body = responses_object(message, model)
+        await send_body(send, 200, orjson.dumps(body), _JSON_HEADERS, rejected)
+        return
+    if call_type == "completion":
+        events = chat_refusal_events(message, model, include_usage(data))
+    elif call_type == "text_completion":
+        events = text_refusal_events(message, model, include_usage(data))
+    else:
+        events = responses_refusal_events(message, model)
+    await send_body(send, 200, b"".join(events), _SSE_HEADERS, rejected)

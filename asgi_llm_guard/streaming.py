@@ -1,0 +1,311 @@
+"""Streamed responses through the streaming hooks (SPEC 2, 4, 5 and 6).
+
+Only used when a streaming hook exists; otherwise SSE bytes pass through untouched. Each ``data:`` event holding
+a JSON object is handed to the hooks as a dict; every other event (comments, ``[DONE]``, non-JSON data) goes out
+byte for byte. Iterator hooks are chained in hook order and run in one consumer task fed through a small bounded
+queue, so a slow hook slows the app down instead of buffering the stream; per-chunk hooks run on what the chain
+yields. All events of one app message go out as one client message.
+
+Ending a stream early follows SPEC 4/5: a refusal becomes a content chunk with the message, one finish chunk and
+``[DONE]`` (for the Responses API, a text delta and the closing events through ``response.completed``); an error
+becomes ``data: {"error": …}`` and ``[DONE]`` (the Responses API's ``error`` event). LiteLLM drops the refusal text
+of text-completion streams and can leave a stream without its end; here every path ends with ``more_body=False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .errors import GuardError, RejectRequest
+from .hooks import BoundHook
+from .responses import chat_chunk, responses_closing_events, text_completion
+from .sse import DONE, SSEEvent, SSEParser, encode_event, encode_json
+
+if TYPE_CHECKING:
+    from .middleware import GuardedCall
+    from .pipeline import ResponsePipeline
+
+_END = None
+_QUEUE_SIZE = 8
+
+
+class _HookFailed(Exception):
+    def __init__(self, outcome: RejectRequest | GuardError, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.outcome = outcome
+        self.original = original
+
+
+def error_events(
+    outcome: RejectRequest | GuardError, call_type: str, sequence: int | None
+) -> Iterator[bytes]:
+    """The events that end a stream with an error (SPEC 5): ``data: {"error": …}`` and ``[DONE]``, or the
+    Responses API's ``error`` event."""
+    if isinstance(outcome, RejectRequest):
+        outcome = GuardError(400, outcome.message)
+    if call_type == "responses":
+        yield encode_json(
+            {
+                "type": "error",
+                "code": str(outcome.status_code),
+                "message": outcome.message,
+                "param": outcome.param,
+                "sequence_number": sequence or 0,
+            },
+            event="error",
+        )
+        return
+    yield encode_json(orjson.loads(outcome.body()))
+    yield DONE
+
+
+class StreamRewriter:
+    """One SSE response through the streaming hooks; owned by the request's :class:`ResponsePipeline`."""
+
+    def __init__(self, call: GuardedCall, pipeline: ResponsePipeline) -> None:
+        self.call = call
+        self.pipeline = pipeline
+        self.parser = SSEParser()
+        self.per_chunk = call.hooks.streaming
+        self.iterators = call.hooks.streaming_iterator
+        self.named = False  # events carry `event:` names (the Responses API)
+        self.first: dict[str, Any] | None = None
+        # Responses API bookkeeping, so a refusal can close the stream with consistent events.
+        self.response: dict[str, Any] | None = None
+        self.sequence = 0
+        self.message_id: str | None = None
+        self.part_open = False
+        self.text = ""
+        self._queue: asyncio.Queue[SSEEvent | None] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._done_event: bytes | None = None
+
+    # -- input -------------------------------------------------------------------------------------------
+
+    async def feed(self, body: bytes, more: bool) -> None:
+        """Called for each body message the app sends."""
+        from .pipeline import ResponseClosed
+
+        events = self.parser.feed(body) if body else []
+        if self.iterators:
+            if self._consumer is None:
+                self._queue = asyncio.Queue(_QUEUE_SIZE)
+                self._consumer = asyncio.get_running_loop().create_task(self._consume())
+            assert self._queue is not None
+            for event in events:
+                if self.pipeline.done:
+                    raise ResponseClosed("the stream was ended by a hook")
+                await self._queue.put(event)
+            if not more:
+                await self._queue.put(_END)
+                await self._consumer
+            return
+        out: list[bytes] = []
+        try:
+            for event in events:
+                out.append(await self._rewrite(event))
+        except _HookFailed as failed:
+            if self.pipeline.started and out:
+                await self._write(b"".join(out))
+            await self.pipeline.fail(failed.outcome, failed.original)
+            raise ResponseClosed("the stream was ended by a hook") from None
+        if not more:
+            out.append(self.parser.close())
+            await self.pipeline.emit_start()
+            await self.pipeline.emit(
+                {"type": "http.response.body", "body": b"".join(out), "more_body": False}
+            )
+        elif out:
+            await self._write(b"".join(out))
+
+    def _parse(self, event: SSEEvent) -> dict[str, Any] | None:
+        if event.event is not None:
+            self.named = True
+        data = event.data
+        if data is None or event.is_done:
+            return None
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(chunk, dict):
+            return None
+        if self.first is None:
+            self.first = chunk
+        if self.call.call_type == "responses":
+            self._observe_response_event(chunk)
+        return chunk
+
+    def _observe_response_event(self, chunk: dict[str, Any]) -> None:
+        kind = chunk.get("type")
+        sequence = chunk.get("sequence_number")
+        if isinstance(sequence, int):
+            self.sequence = sequence + 1
+        if kind == "response.created" and isinstance(chunk.get("response"), dict):
+            self.response = chunk["response"]
+        elif kind == "response.output_item.added":
+            item = chunk.get("item")
+            if isinstance(item, dict) and item.get("type") == "message":
+                self.message_id = item.get("id")
+                self.text = ""
+        elif kind == "response.content_part.added":
+            self.part_open = True
+        elif kind == "response.output_text.delta" and isinstance(chunk.get("delta"), str):
+            self.text += chunk["delta"]
+        elif kind == "response.content_part.done":
+            self.part_open = False
+
+    # -- hooks -------------------------------------------------------------------------------------------
+
+    async def _apply_per_chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        call = self.call
+        for hook in self.per_chunk:
+            call.args["response"] = chunk
+            try:
+                result = await hook.call(call.args)
+            except Exception as exc:
+                raise _HookFailed(call.outcome(exc, hook, "streaming"), exc) from None
+            if result is None:
+                continue
+            if not isinstance(result, dict):
+                error = call.wrong_type(hook, result, "a dict or None")
+                raise _HookFailed(error, TypeError(error.message))
+            chunk = result
+        return chunk
+
+    def _encode(self, chunk: dict[str, Any], event: SSEEvent | None) -> bytes:
+        if event is not None:
+            return encode_event(orjson.dumps(chunk), event=event.event, id=event.id)
+        name = chunk.get("type") if self.named else None
+        return encode_json(chunk, event=name if isinstance(name, str) else None)
+
+    async def _rewrite(self, event: SSEEvent) -> bytes:
+        chunk = self._parse(event)
+        if chunk is None:
+            return event.raw
+        return self._encode(await self._apply_per_chunk(chunk), event)
+
+    # -- iterator hooks ----------------------------------------------------------------------------------
+
+    async def _source(self) -> AsyncIterator[dict[str, Any]]:
+        assert self._queue is not None
+        while True:
+            event = await self._queue.get()
+            if event is _END:
+                return
+            chunk = self._parse(event)
+            if chunk is not None:
+                yield chunk
+            elif event.is_done:
+                self._done_event = event.raw  # [DONE] goes last, after whatever the hooks still yield
+            else:
+                await self._write(event.raw)
+
+    async def _guarded(self, iterator: Any, hook: BoundHook) -> AsyncIterator[Any]:
+        try:
+            async for item in iterator:
+                yield item
+        except _HookFailed:
+            raise
+        except Exception as exc:
+            raise _HookFailed(self.call.outcome(exc, hook, "streaming"), exc) from None
+
+    async def _chain(self) -> Any:
+        call = self.call
+        iterator: Any = self._source()
+        for hook in self.iterators:
+            call.args["response"] = iterator
+            try:
+                result = hook.invoke(call.args)
+                if not hasattr(result, "__aiter__") and asyncio.iscoroutine(result):
+                    result = await result
+            except Exception as exc:
+                raise _HookFailed(call.outcome(exc, hook, "streaming"), exc) from None
+            if not hasattr(result, "__aiter__"):
+                error = call.wrong_type(hook, result, "an async iterator of chunks")
+                raise _HookFailed(error, TypeError(error.message))
+            iterator = self._guarded(result, hook)
+        return iterator
+
+    async def _consume(self) -> None:
+        try:
+            iterator = await self._chain()
+            async for chunk in iterator:
+                if not isinstance(chunk, dict):
+                    hook = self.iterators[-1]
+                    error = self.call.wrong_type(hook, chunk, "dict chunks")
+                    raise _HookFailed(error, TypeError(error.message))
+                chunk = await self._apply_per_chunk(chunk)
+                await self._write(self._encode(chunk, None))
+            tail = self.parser.close() + (self._done_event or b"")
+            await self.pipeline.emit_start()
+            await self.pipeline.emit({"type": "http.response.body", "body": tail, "more_body": False})
+        except _HookFailed as failed:
+            await self.pipeline.fail(failed.outcome, failed.original)
+        finally:
+            queue = self._queue
+            while queue is not None and not queue.empty():  # wake a producer blocked on a full queue
+                queue.get_nowait()
+
+    # -- output ------------------------------------------------------------------------------------------
+
+    async def _write(self, body: bytes) -> None:
+        await self.pipeline.emit_start()
+        await self.pipeline.emit({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def end_with(self, outcome: RejectRequest | GuardError) -> None:
+        """End a stream that has started with a refusal or an error (SPEC 4 and 5)."""
+        call_type = self.call.call_type
+        if isinstance(outcome, RejectRequest) and call_type in ("completion", "text_completion", "responses"):
+            body = b"".join(self._refusal_events(outcome.message, call_type))
+        else:
+            body = b"".join(error_events(outcome, call_type, self.sequence))
+        await self.pipeline.emit({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _refusal_events(self, message: str, call_type: str) -> Iterator[bytes]:
+        first = self.first or {}
+        model: str = first["model"] if isinstance(first.get("model"), str) else self.call.model
+        created: int = first["created"] if isinstance(first.get("created"), int) else 0
+        if call_type == "responses":
+            response = self.response or {
+                "id": "resp_" + secrets.token_hex(12),
+                "object": "response",
+                "model": self.call.model,
+                "output": [],
+            }
+            opened = self.part_open and self.message_id is not None
+            message_id = self.message_id if opened and self.message_id else "msg_" + secrets.token_hex(12)
+            yield from responses_closing_events(
+                message,
+                response,
+                message_id,
+                self.sequence,
+                opened=opened,
+                text_so_far=self.text if opened else "",
+            )
+            return
+        default_id = ("chatcmpl-" if call_type == "completion" else "cmpl-") + secrets.token_hex(12)
+        stream_id: str = first["id"] if isinstance(first.get("id"), str) else default_id
+        if call_type == "completion":
+            yield encode_json(chat_chunk(stream_id, created, model, {"content": message}, None))
+            yield encode_json(chat_chunk(stream_id, created, model, {}, "stop"))
+        else:
+            for text, finish in ((message, None), ("", "stop")):
+                chunk = text_completion(text, model, stream_id, created, finish_reason=finish)
+                del chunk["usage"]
+                yield encode_json(chunk)
+        yield DONE
+
+    async def close(self) -> None:
+        """Cancel the consumer task, if the request ends before it did."""
+        consumer = self._consumer
+        if consumer is not None and not consumer.done():
+            consumer.cancel()
+            with contextlib.suppress(BaseException):
+                await consumer

@@ -1,0 +1,197 @@
+"""Which requests are guarded: path spellings, mounts, methods, and what passes through untouched (SPEC 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from asgi_llm_guard import LLMHookMiddleware
+from asgi_llm_guard.routes import RouteTable, normalise
+
+from .apps import Downstream, Script, body_messages, chat, client, guarded, http_scope
+
+
+class RefuseAll:
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+        return f"refused {call_type}"
+
+
+def test_normalise_is_as_lenient_as_any_router() -> None:
+    assert normalise("//V1/./Chat//Completions/") == ["v1", "chat", "completions"]
+    assert normalise("/v1/x/../chat/completions") == ["v1", "chat", "completions"]
+    assert normalise("/") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "call_type"),
+    [
+        ("/v1/chat/completions", "completion"),
+        ("/chat/completions", "completion"),
+        ("/v1/completions", "text_completion"),
+        ("/completions/", "text_completion"),
+        ("/v1/embeddings", "embeddings"),
+        ("/v1/images/generations", "image_generation"),
+        ("/v1/moderations", "moderation"),
+        ("/v1/audio/transcriptions", "audio_transcription"),
+        ("/v1/audio/translations", "audio_transcription"),
+        ("/v1/responses", "responses"),
+        ("/openai/deployments/gpt-4o/chat/completions", "completion"),
+        ("/openai/deployments/ada/embeddings", "embeddings"),
+        ("/api/v1/chat/completions", "completion"),
+    ],
+)
+def test_default_routes(path: str, call_type: str) -> None:
+    match = RouteTable().match(path)
+    assert match is not None and match.call_type == call_type
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/files", "/health", "/v1/chat", "/v1/chat/completions/abc",
+                                  "/v1/responses/resp_1/cancel", "/"])
+def test_other_paths_are_not_guarded(path: str) -> None:
+    assert RouteTable().match(path) is None
+
+
+def test_azure_deployment_is_captured() -> None:
+    match = RouteTable().match("/openai/deployments/my-gpt/chat/completions")
+    assert match is not None and match.params == {"deployment": "my-gpt"}
+
+
+def test_custom_routes_merge_over_defaults() -> None:
+    table = RouteTable({"/v1/tenants/{tenant}/chat": "completion", "/embeddings": None})
+    match = table.match("/V1/tenants/acme/chat/")
+    assert match is not None and match.call_type == "completion" and match.params == {"tenant": "acme"}
+    assert table.match("/v1/embeddings") is None
+    assert table.match("/v1/chat/completions") is not None
+
+
+def test_memo_is_bounded() -> None:
+    table = RouteTable()
+    for index in range(10_000):
+        table.match(f"/random/{index}")
+    assert len(table._memo) <= 4096
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/v1/chat/completions/",
+        "//v1/chat/completions",
+        "/v1//chat///completions",
+        "/V1/CHAT/COMPLETIONS",
+        "/v1/./chat/completions",
+        "/openai/deployments/gpt4/chat/completions",
+    ],
+)
+async def test_every_spelling_of_a_guarded_route_is_guarded(path: str) -> None:
+    app, down = guarded(RefuseAll())
+    async with client(app) as c:
+        response = await c.post(path, json=chat())
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "refused completion"
+    assert down.received == []
+
+
+async def test_azure_refusal_names_the_deployment_when_the_body_has_no_model() -> None:
+    app, _ = guarded(RefuseAll())
+    async with client(app) as c:
+        response = await c.post("/openai/deployments/gpt4/chat/completions",
+                                json={"messages": [{"role": "user", "content": "x"}]})
+    assert response.json()["model"] == "gpt4"
+
+
+async def handler(request: Request) -> JSONResponse:
+    return JSONResponse({"reached": request.url.path, "body": await request.json()})
+
+
+async def test_guard_on_an_outer_app_covers_routes_mounted_under_a_prefix() -> None:
+    inner = Starlette(routes=[Route("/v1/chat/completions", handler, methods=["POST"])])
+    outer = Starlette(routes=[Mount("/api", app=inner)])
+    outer.add_middleware(LLMHookMiddleware, hooks=[RefuseAll()])
+    async with client(outer) as c:
+        response = await c.post("/api/v1/chat/completions", json=chat())
+    assert response.json()["choices"][0]["message"]["content"] == "refused completion"
+
+
+async def test_guarded_app_mounted_under_a_prefix_matches_without_it() -> None:
+    inner = Starlette(routes=[Route("/chat/completions", handler, methods=["POST"])])
+    inner.add_middleware(LLMHookMiddleware, hooks=[RefuseAll()], routes={"/chat/completions": "embeddings"})
+    outer = Starlette(routes=[Mount("/v1", app=inner)])
+    async with client(outer) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 400  # an embeddings refusal: proves the route path had root_path removed
+    assert response.json()["error"]["message"] == "refused embeddings"
+
+
+async def test_unguarded_requests_get_the_very_same_scope_receive_and_send() -> None:
+    seen: list[tuple[Any, Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope, receive, send))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = LLMHookMiddleware(app, hooks=[RefuseAll()])
+    for scope in (http_scope("/v1/models", method="GET"), http_scope("/v1/files"),
+                  http_scope("/v1/chat/completions", method="GET")):
+        script = Script(body_messages(b"{}"))
+        await middleware(scope, script.receive, script.send)
+        assert seen[-1] == (scope, script.receive, script.send)
+        assert script.receive_calls == 0
+        assert script.status == 204
+
+
+async def test_get_models_passes_through() -> None:
+    app, down = guarded(RefuseAll())
+    async with client(app) as c:
+        response = await c.get("/v1/models")
+    assert response.json()["object"] == "list"
+    assert down.received[0].path == "/v1/models"
+
+
+async def test_websocket_scope_passes_through() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    middleware = LLMHookMiddleware(app, hooks=[RefuseAll()])
+    scope = {"type": "websocket", "path": "/v1/chat/completions", "headers": []}
+    await middleware(scope, None, None)  # type: ignore[arg-type]
+    assert seen == [scope]
+
+
+async def test_lifespan_reaches_the_app() -> None:
+    down = Downstream()
+    app = LLMHookMiddleware(down, hooks=[RefuseAll()])
+    async with LifespanManager(app):
+        assert down.lifespan == ["lifespan.startup"]
+    assert down.lifespan == ["lifespan.startup", "lifespan.shutdown"]
+
+
+async def test_lifespan_of_a_starlette_app_with_the_middleware_added() -> None:
+    events: list[str] = []
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", handler, methods=["POST"])], lifespan=lifespan)
+    app.add_middleware(LLMHookMiddleware, hooks=[RefuseAll()])
+    async with LifespanManager(app) as manager:
+        async with client(manager.app) as c:
+            response = await c.post("/v1/chat/completions", json=chat())
+        assert orjson.loads(response.content)["object"] == "chat.completion"
+    assert events == ["startup", "shutdown"]
