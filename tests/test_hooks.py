@@ -11,8 +11,7 @@ import litestar.exceptions
 import pytest
 import starlette.exceptions
 
-from asgi_llm_guard import CallHook, DualCache, LLMHookMiddleware, RejectRequest, UserAPIKeyAuth
-from asgi_llm_guard import get_formatted_prompt
+from asgi_llm_guard import CallHook, DualCache, LLMHookMiddleware, UserAPIKeyAuth, get_formatted_prompt
 
 from .apps import Downstream, chat, client, guarded
 
@@ -81,7 +80,7 @@ class DocRejectHandler(CustomLogger):
     async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: DualCache, data: dict,
                                   call_type: Literal["completion", "text_completion", "embeddings",
                                                      "image_generation", "moderation", "audio_transcription"]
-                                  ) -> Optional[dict | str | Exception]:
+                                  ) -> Optional[dict | str | Exception]:  # noqa: UP045 - as the doc writes it
         formatted_prompt = get_formatted_prompt(data=data, call_type=call_type)
         if "Hello world" in formatted_prompt:
             return "This is an invalid response"
