@@ -181,7 +181,8 @@ class ResponsePipeline:
                 return
         elif self.is_sse:
             if hooks.streaming or hooks.streaming_iterator:
-                self._mode, self._start = _STREAM, message
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"content-length"]
+                self._mode, self._start = _STREAM, {**message, "headers": headers}
                 self.stream = StreamRewriter(self.call, self)
                 return
         elif hooks.success and 200 <= status < 300 and _is_json(content_type):

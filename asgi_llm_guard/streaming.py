@@ -138,8 +138,6 @@ class StreamRewriter:
             return None
         if self.first is None:
             self.first = chunk
-        if self.call.call_type == "responses":
-            self._observe_response_event(chunk)
         return chunk
 
     def _observe_response_event(self, chunk: dict[str, Any]) -> None:
@@ -177,6 +175,9 @@ class StreamRewriter:
                 error = call.wrong_type(hook, result, "a dict or None")
                 raise _HookFailed(error, TypeError(error.message))
             chunk = result
+        if self.call.call_type == "responses":
+            # Only what goes out counts: a refusal continues the sequence and the text the client has seen.
+            self._observe_response_event(chunk)
         return chunk
 
     def _encode(self, chunk: dict[str, Any], event: SSEEvent | None) -> bytes:

@@ -1,0 +1,359 @@
+"""Streamed responses: pass-through, per-chunk and iterator hooks, mid-stream errors and refusals, disconnects
+(SPEC 2, 4, 5, 6). Asserted on exact ASGI message lists."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fastapi
+import orjson
+import pytest
+
+from asgi_llm_guard import LLMHookMiddleware, RejectRequest
+from asgi_llm_guard.sse import SSEParser
+
+from .apps import Script, body_messages, chat, chat_chunk, http_scope, sse, text_chunk
+
+
+def stream_app(events: list[bytes], *, headers: list[tuple[bytes, bytes]] | None = None, delay: float = 0.0,
+               record: dict[str, Any] | None = None) -> Any:
+    record = record if record is not None else {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        record["state"] = "running"
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": headers or [(b"content-type", b"text/event-stream")]})
+            for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                if delay:
+                    await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            record["state"] = "finished"
+        except asyncio.CancelledError:
+            record["state"] = "cancelled"
+            raise
+
+    return app
+
+
+WORDS = ["Hel", "lo", " wor", "ld"]
+CHAT_EVENTS = sse([chat_chunk("m", w) for w in WORDS] + [chat_chunk("m", None, "stop")])
+TEXT_EVENTS = sse([text_chunk("m", w) for w in WORDS] + [text_chunk("m", "", "stop")])
+
+
+async def drive(app: Any, body: dict[str, Any] | None = None, path: str = "/v1/chat/completions") -> Script:
+    script = Script(body_messages(orjson.dumps(body or chat(stream=True))))
+    await app(http_scope(path), script.receive, script.send)
+    return script
+
+
+def payloads(body: bytes) -> list[Any]:
+    out: list[Any] = []
+    for event in SSEParser().feed(body):
+        if event.is_done:
+            out.append("[DONE]")
+        elif event.data is not None and event.data.startswith(b"{"):
+            out.append(orjson.loads(event.data))
+    return out
+
+
+class PreCall:
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> None:
+        return None
+
+
+async def test_without_streaming_hooks_every_app_message_passes_through_as_sent() -> None:
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[PreCall()]))
+    bodies = [m["body"] for m in script.sent[1:]]
+    assert bodies == [*CHAT_EVENTS, b""]
+    assert [m["more_body"] for m in script.sent[1:]] == [True] * len(CHAT_EVENTS) + [False]
+
+
+class Upper:
+    def __init__(self, fail_on: int | None = None, error: Exception | None = None) -> None:
+        self.calls = 0
+        self.fail_on, self.error = fail_on, error
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise self.error or ValueError("broken")
+        choice = response["choices"][0]
+        if "delta" in choice and choice["delta"].get("content"):
+            choice["delta"]["content"] = choice["delta"]["content"].upper()
+        if choice.get("text"):
+            choice["text"] = choice["text"].upper()
+        return None
+
+
+async def test_per_chunk_hook_rewrites_each_event_in_its_own_message() -> None:
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[Upper()]))
+    assert script.sent[0]["type"] == "http.response.start"
+    assert len(script.sent) == 1 + len(CHAT_EVENTS) + 1  # one client message per app message, then the end
+    chunks = payloads(script.body)
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[:-1]] == ["HEL", "LO", " WOR", "LD", None]
+    assert chunks[-1] == "[DONE]"
+
+
+async def test_per_chunk_hook_may_return_a_replacement() -> None:
+    class Replace:
+        async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+            return {**response, "replaced": True}
+
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[Replace()]))
+    assert all(c == "[DONE]" or c["replaced"] for c in payloads(script.body))
+
+
+async def test_events_split_across_messages_and_non_json_events_pass_through() -> None:
+    raw = b": keep-alive\n\n" + b"".join(CHAT_EVENTS[:2]) + b"event: ping\ndata: not json\n\n" + CHAT_EVENTS[2]
+    pieces = [raw[i : i + 7] for i in range(0, len(raw), 7)]
+    script = await drive(LLMHookMiddleware(stream_app(pieces), hooks=[Upper()]))
+    assert b": keep-alive\n\n" in script.body
+    assert b"event: ping\ndata: not json\n\n" in script.body
+    assert [c["choices"][0]["delta"]["content"] for c in payloads(script.body) if isinstance(c, dict)] == [
+        "HEL", "LO", " WOR"]
+
+
+async def test_content_length_of_a_rewritten_stream_is_dropped() -> None:
+    body = b"".join(CHAT_EVENTS)
+    headers = [(b"content-type", b"text/event-stream"), (b"content-length", str(len(body)).encode())]
+    script = await drive(LLMHookMiddleware(stream_app([body], headers=headers), hooks=[Upper()]))
+    assert all(name != b"content-length" for name, _ in script.sent[0]["headers"])
+
+
+async def test_text_completion_stream_goes_through_the_hook() -> None:
+    app = LLMHookMiddleware(stream_app(TEXT_EVENTS), hooks=[Upper()])
+    script = await drive(app, {"model": "m", "prompt": "x", "stream": True}, "/v1/completions")
+    assert [c["choices"][0]["text"] for c in payloads(script.body)[:-1]] == ["HEL", "LO", " WOR", "LD", ""]
+
+
+async def test_error_mid_stream_ends_with_an_error_event_and_done() -> None:
+    failures: list[BaseException] = []
+
+    class Watch(Upper):
+        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                               user_api_key_dict: Any) -> None:
+            failures.append(original_exception)
+
+    record: dict[str, Any] = {}
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS, record=record), hooks=[Watch(fail_on=3)]))
+    chunks = payloads(script.body)
+    assert [c["choices"][0]["delta"]["content"] for c in chunks[:2]] == ["HEL", "LO"]
+    assert chunks[2] == {"error": {"message": "streaming hook Watch failed", "type": "internal_server_error",
+                                   "param": None, "code": "500"}}
+    assert chunks[3] == "[DONE]" and len(chunks) == 4
+    assert script.sent[-1]["more_body"] is False
+    assert [m["type"] for m in script.sent].count("http.response.start") == 1
+    assert record["state"] == "running"  # the app was stopped: its send raised, it never finished
+    assert [type(f) for f in failures] == [ValueError]
+
+
+async def test_error_on_the_first_chunk_is_a_json_error_with_the_real_status() -> None:
+    hook = Upper(fail_on=1, error=fastapi.HTTPException(403, detail="not allowed"))
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[hook]))
+    assert script.status == 403
+    assert orjson.loads(script.body)["error"]["message"] == "not allowed"
+    assert (b"x-llm-guard-rejected", b"streaming") in script.sent[0]["headers"]
+    assert [m["type"] for m in script.sent] == ["http.response.start", "http.response.body"]
+
+
+async def test_refusal_mid_chat_stream_ends_like_a_normal_stream() -> None:
+    hook = Upper(fail_on=3, error=RejectRequest("stopped here"))
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[hook]))
+    chunks = payloads(script.body)
+    assert chunks[-1] == "[DONE]"
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks[:-1]]
+    assert contents == ["HEL", "LO", "stopped here", None]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]].count("stop") == 1
+    assert {c["id"] for c in chunks[:-1]} == {"chatcmpl-down"}
+
+
+async def test_refusal_mid_text_stream_keeps_the_message_in_text() -> None:
+    hook = Upper(fail_on=2, error=RejectRequest("stopped here"))
+    app = LLMHookMiddleware(stream_app(TEXT_EVENTS), hooks=[hook])
+    script = await drive(app, {"model": "m", "prompt": "x", "stream": True}, "/v1/completions")
+    chunks = payloads(script.body)
+    assert [c["choices"][0]["text"] for c in chunks[:-1]] == ["HEL", "stopped here", ""]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, "stop"]
+
+
+async def test_refusal_on_the_first_chunk_is_a_complete_streamed_refusal() -> None:
+    hook = Upper(fail_on=1, error=RejectRequest("no stream for you"))
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[hook]))
+    assert (b"x-llm-guard-rejected", b"streaming") in script.sent[0]["headers"]
+    chunks = payloads(script.body)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "no stream for you"}
+    assert chunks[0]["model"] == "gpt-test"
+
+
+class Pairs:
+    """An iterator hook that buffers chunks two at a time, as a windowed output filter would."""
+
+    def __init__(self, fail_at_window: int | None = None) -> None:
+        self.fail_at_window = fail_at_window
+
+    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: AsyncIterator[dict],
+                                                      request_data: dict) -> AsyncIterator[dict]:
+        window: list[dict] = []
+        windows = 0
+        async for chunk in response:
+            window.append(chunk)
+            if len(window) == 2:
+                windows += 1
+                if windows == self.fail_at_window:
+                    raise RuntimeError("iterator broke")
+                for item in window:
+                    yield item
+                window = []
+        for item in window:
+            yield item
+
+
+async def test_iterator_hooks_chain_before_the_per_chunk_hook() -> None:
+    seen: list[str] = []
+
+    class Tag:
+        async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any,
+                                                          request_data: dict) -> AsyncIterator[dict]:
+            async for chunk in response:
+                seen.append("tag")
+                chunk["tagged"] = True
+                yield chunk
+
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[Pairs(), Tag(), Upper()]))
+    chunks = payloads(script.body)
+    assert chunks[-1] == "[DONE]"
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[:-1]] == ["HEL", "LO", " WOR", "LD", None]
+    assert all(c["tagged"] for c in chunks[:-1])
+    assert script.sent[-1]["more_body"] is False
+
+
+async def test_iterator_hook_error_mid_stream_ends_cleanly() -> None:
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS, delay=0.01), hooks=[Pairs(), Pairs(fail_at_window=2)]))
+    chunks = payloads(script.body)
+    assert chunks[-2]["error"]["message"] == "streaming hook Pairs failed"
+    assert chunks[-1] == "[DONE]"
+    assert script.sent[-1]["more_body"] is False
+
+
+async def test_iterator_hook_failing_before_output_is_a_json_error() -> None:
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[Pairs(fail_at_window=1)]))
+    assert script.status == 500
+    assert orjson.loads(script.body)["error"]["message"] == "streaming hook Pairs failed"
+
+
+async def test_per_chunk_hook_timeout_bounds_each_call() -> None:
+    class Slow:
+        timeout = 0.05
+
+        async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> None:
+            await asyncio.sleep(1)
+
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[Slow()]))
+    assert script.status == 503
+    assert orjson.loads(script.body)["error"]["type"] == "timeout_error"
+
+
+@pytest.mark.parametrize("with_hook", [False, True])
+async def test_client_disconnect_mid_stream_cancels_the_app_and_leaves_no_task(with_hook: bool) -> None:
+    failures: list[BaseException] = []
+
+    class Watch:
+        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                               user_api_key_dict: Any) -> None:
+            failures.append(original_exception)
+
+    record: dict[str, Any] = {}
+    endless = [b"data: " + orjson.dumps(chat_chunk("m", "x")) + b"\n\n"] * 1000
+    hooks: list[Any] = [Watch(), Pairs()] if with_hook else [Watch()]
+    app = LLMHookMiddleware(stream_app(endless, delay=0.01, record=record), hooks=hooks)
+    before = asyncio.all_tasks()
+    script = Script(body_messages(orjson.dumps(chat(stream=True))))
+    task = asyncio.ensure_future(app(http_scope(), script.receive, script.send))
+    while len(script.sent) < 4:
+        await asyncio.sleep(0.01)
+    script.disconnect.set()
+    await asyncio.wait_for(task, 1)
+    await asyncio.sleep(0)
+    assert record["state"] == "cancelled"
+    assert [getattr(f, "status_code", None) for f in failures] == [499]
+    assert asyncio.all_tasks() - before == set()
+
+
+async def test_client_disconnect_while_a_pre_call_hook_runs_cancels_the_hook() -> None:
+    state: dict[str, Any] = {}
+
+    class Slow:
+        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> None:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                state["cancelled"] = True
+                raise
+
+    record: dict[str, Any] = {}
+    app = LLMHookMiddleware(stream_app(CHAT_EVENTS, record=record), hooks=[Slow()])
+    script = Script(body_messages(orjson.dumps(chat(stream=True))))
+    task = asyncio.ensure_future(app(http_scope(), script.receive, script.send))
+    await asyncio.sleep(0.05)
+    script.disconnect.set()
+    await asyncio.wait_for(task, 1)
+    assert state == {"cancelled": True}
+    assert record == {} and script.sent == []
+
+
+async def test_app_that_raises_after_streaming_started_gets_error_event_without_streaming_hooks() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": CHAT_EVENTS[0], "more_body": True})
+        raise ConnectionError("upstream reset")
+
+    script = await drive(LLMHookMiddleware(app, hooks=[PreCall()]))
+    chunks = payloads(script.body)
+    assert chunks[-2]["error"]["code"] == "500" and chunks[-1] == "[DONE]"
+    assert script.sent[-1]["more_body"] is False
+
+
+async def test_responses_stream_refused_midway_closes_with_the_message() -> None:
+    def named(payload: dict) -> bytes:
+        return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+    response = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-4o", "output": []}
+    events = [
+        named({"type": "response.created", "sequence_number": 0, "response": response}),
+        named({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+               "item": {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant",
+                        "content": []}}),
+        named({"type": "response.content_part.added", "sequence_number": 2, "item_id": "msg_1", "output_index": 0,
+               "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+        named({"type": "response.output_text.delta", "sequence_number": 3, "item_id": "msg_1", "output_index": 0,
+               "content_index": 0, "delta": "Sure, "}),
+        named({"type": "response.output_text.delta", "sequence_number": 4, "item_id": "msg_1", "output_index": 0,
+               "content_index": 0, "delta": "the secret is"}),
+    ]
+
+    class Stop:
+        async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+            if response.get("delta") == "the secret is":
+                raise RejectRequest("[withheld]")
+            return None
+
+    app = LLMHookMiddleware(stream_app(events), hooks=[Stop()])
+    script = await drive(app, {"model": "gpt-4o", "input": "x", "stream": True}, "/v1/responses")
+    parsed = SSEParser().feed(script.body)
+    names = [e.event for e in parsed]
+    assert names == ["response.created", "response.output_item.added", "response.content_part.added",
+                     "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+                     "response.content_part.done", "response.output_item.done", "response.completed"]
+    data = [orjson.loads(e.data) for e in parsed]
+    assert data[4]["delta"] == "[withheld]" and data[4]["item_id"] == "msg_1"
+    assert [d["sequence_number"] for d in data] == list(range(9))
+    assert data[5]["text"] == "Sure, [withheld]"
+    assert data[-1]["response"]["status"] == "completed"
+    assert data[-1]["response"]["id"] == "resp_1"
