@@ -140,9 +140,16 @@ class Downstream:
             await self._json(send, 200, answer)
             return
         if path.endswith("/embeddings"):
-            await self._json(send, 200, {"object": "list", "model": model,
-                                         "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
-                                         "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+            await self._json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "model": model,
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                },
+            )
             return
         await self._json(send, 200, {"ok": True, "path": path})
 
@@ -150,14 +157,24 @@ class Downstream:
         await self._raw(send, status, orjson.dumps(payload), b"application/json")
 
     async def _raw(self, send: Any, status: int, body: bytes, content_type: bytes) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         self.finished += 1
 
     async def _stream(self, send: Any, events: list[bytes]) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         for event in events:
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -171,8 +188,9 @@ def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
-def guarded(*hooks: object, downstream: Downstream | None = None, **options: Any) -> tuple[LLMHookMiddleware,
-                                                                                          Downstream]:
+def guarded(
+    *hooks: object, downstream: Downstream | None = None, **options: Any
+) -> tuple[LLMHookMiddleware, Downstream]:
     down = downstream or Downstream()
     return LLMHookMiddleware(down, hooks=list(hooks), **options), down
 
@@ -213,8 +231,12 @@ class Script:
         return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
 
 
-def http_scope(path: str = "/v1/chat/completions", method: str = "POST", headers: list[tuple[bytes, bytes]] | None
-               = None, root_path: str = "") -> dict[str, Any]:
+def http_scope(
+    path: str = "/v1/chat/completions",
+    method: str = "POST",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    root_path: str = "",
+) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0"},

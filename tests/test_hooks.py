@@ -24,22 +24,32 @@ class DocQuickStartHandler(CustomLogger):
     def __init__(self) -> None:
         pass
 
-    async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: DualCache, data: dict,
-                                  call_type: Literal["completion", "text_completion", "embeddings",
-                                                     "image_generation", "moderation", "audio_transcription"]):
+    async def async_pre_call_hook(
+        self,
+        user_api_key_dict: UserAPIKeyAuth,
+        cache: DualCache,
+        data: dict,
+        call_type: Literal[
+            "completion", "text_completion", "embeddings", "image_generation", "moderation", "audio_transcription"
+        ],
+    ):
         data["model"] = "my-new-model"
         return data
 
-    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                           user_api_key_dict: UserAPIKeyAuth):
+    async def async_post_call_failure_hook(
+        self, request_data: dict, original_exception: Exception, user_api_key_dict: UserAPIKeyAuth
+    ):
         pass
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: UserAPIKeyAuth, response):
         pass
 
-    async def async_moderation_hook(self, data: dict, user_api_key_dict: UserAPIKeyAuth,
-                                    call_type: Literal["completion", "embeddings", "image_generation",
-                                                       "moderation", "audio_transcription"]):
+    async def async_moderation_hook(
+        self,
+        data: dict,
+        user_api_key_dict: UserAPIKeyAuth,
+        call_type: Literal["completion", "embeddings", "image_generation", "moderation", "audio_transcription"],
+    ):
         pass
 
     async def async_post_call_streaming_hook(self, user_api_key_dict: UserAPIKeyAuth, response: str):
@@ -62,8 +72,13 @@ class DocModerationHandler(CustomLogger):
     async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
         pass
 
-    async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: DualCache, data: dict,
-                                  call_type: Literal["completion", "embeddings"]):
+    async def async_pre_call_hook(
+        self,
+        user_api_key_dict: UserAPIKeyAuth,
+        cache: DualCache,
+        data: dict,
+        call_type: Literal["completion", "embeddings"],
+    ):
         data["model"] = "my-new-model"
         return data
 
@@ -77,10 +92,15 @@ class DocRejectHandler(CustomLogger):
     def __init__(self) -> None:
         pass
 
-    async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: DualCache, data: dict,
-                                  call_type: Literal["completion", "text_completion", "embeddings",
-                                                     "image_generation", "moderation", "audio_transcription"]
-                                  ) -> Optional[dict | str | Exception]:  # noqa: UP045 - as the doc writes it
+    async def async_pre_call_hook(
+        self,
+        user_api_key_dict: UserAPIKeyAuth,
+        cache: DualCache,
+        data: dict,
+        call_type: Literal[
+            "completion", "text_completion", "embeddings", "image_generation", "moderation", "audio_transcription"
+        ],
+    ) -> Optional[dict | str | Exception]:  # noqa: UP045 - as the doc writes it
         formatted_prompt = get_formatted_prompt(data=data, call_type=call_type)
         if "Hello world" in formatted_prompt:
             return "This is an invalid response"
@@ -102,8 +122,14 @@ async def test_doc_moderation_handler_short_signature_rejects() -> None:
         blocked = await c.post("/v1/chat/completions", json=chat("hello world"))
     assert ok.status_code == 200
     assert blocked.status_code == 400
-    assert blocked.json() == {"error": {"message": "Violated content safety policy", "type": "invalid_request_error",
-                                        "param": None, "code": "400"}}
+    assert blocked.json() == {
+        "error": {
+            "message": "Violated content safety policy",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "400",
+        }
+    }
     assert blocked.headers["x-llm-guard-rejected"] == "moderation"
 
 
@@ -211,8 +237,12 @@ async def test_returned_exception_is_treated_as_raised() -> None:
     async with client(app) as c:
         response = await c.post("/v1/chat/completions", json=chat())
     assert response.status_code == 403
-    assert response.json()["error"] == {"message": "not for you", "type": "permission_error", "param": None,
-                                        "code": "403"}
+    assert response.json()["error"] == {
+        "message": "not for you",
+        "type": "permission_error",
+        "param": None,
+        "code": "403",
+    }
     assert response.headers["x-llm-guard-rejected"] == "pre_call"
     assert down.received == []
 
@@ -268,8 +298,14 @@ async def test_hook_bug_is_a_500_naming_the_hook_without_its_text(caplog: pytest
         async with client(app) as c:
             response = await c.post("/v1/chat/completions", json=chat())
     assert response.status_code == 500
-    assert response.json() == {"error": {"message": "pre_call hook Broken failed", "type": "internal_server_error",
-                                         "param": None, "code": "500"}}
+    assert response.json() == {
+        "error": {
+            "message": "pre_call hook Broken failed",
+            "type": "internal_server_error",
+            "param": None,
+            "code": "500",
+        }
+    }
     assert "sk-secret" not in response.text
     assert response.headers["x-llm-guard-rejected"] == "pre_call"
     assert any(record.exc_info for record in caplog.records)
@@ -364,8 +400,9 @@ async def test_same_identity_object_reaches_every_hook_and_the_app() -> None:
 
 async def test_cache_is_shared_across_requests() -> None:
     class Counter:
-        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: DualCache, data: dict,
-                                      call_type: str) -> Any:
+        async def async_pre_call_hook(
+            self, user_api_key_dict: Any, cache: DualCache, data: dict, call_type: str
+        ) -> Any:
             count = await cache.async_increment_cache("requests", 1)
             if count > 2:
                 return "too many"

@@ -19,8 +19,9 @@ from .apps import Downstream, Script, body_messages, chat, client, http_scope
 
 
 class Moderate:
-    def __init__(self, delay: float = 0.0, verdict: Exception | None = None, gate: asyncio.Event | None = None,
-                 **attributes: Any) -> None:
+    def __init__(
+        self, delay: float = 0.0, verdict: Exception | None = None, gate: asyncio.Event | None = None, **attributes: Any
+    ) -> None:
         self.delay, self.verdict, self.gate = delay, verdict, gate
         self.calls = 0
         self.cancelled = False
@@ -52,11 +53,14 @@ class App:
         await receive()
         try:
             await asyncio.sleep(self.before_start)
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+            )
             self.sent.append("start")
             for index in range(3):
-                await send({"type": "http.response.body", "body": f"data: {{\"n\": {index}}}\n\n".encode(),
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": f'data: {{"n": {index}}}\n\n'.encode(), "more_body": True}
+                )
                 self.sent.append(f"chunk{index}")
                 await asyncio.sleep(self.delay)
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
@@ -231,8 +235,9 @@ async def test_app_error_during_moderation_is_reported_after_moderation_passes()
     failures: list[BaseException] = []
 
     class Watch(Moderate):
-        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                               user_api_key_dict: Any) -> None:
+        async def async_post_call_failure_hook(
+            self, request_data: dict, original_exception: Exception, user_api_key_dict: Any
+        ) -> None:
             failures.append(original_exception)
 
     async def crashing(scope: Any, receive: Any, send: Any) -> None:

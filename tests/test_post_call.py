@@ -23,8 +23,12 @@ class Success:
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
         self.calls.append((data, response))
         if self.action == "replace":
-            return {**response, "choices": [{"index": 0, "message": {"role": "assistant", "content": "REPLACED"},
-                                             "finish_reason": "stop"}]}
+            return {
+                **response,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "REPLACED"}, "finish_reason": "stop"}
+                ],
+            }
         if self.action == "edit":
             response["choices"][0]["message"]["content"] += " (edited)"
             return None
@@ -43,8 +47,9 @@ class Failure:
         self.raise_ = raise_
         self.calls: list[tuple[dict, BaseException, Any]] = []
 
-    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                           user_api_key_dict: Any) -> Any:
+    async def async_post_call_failure_hook(
+        self, request_data: dict, original_exception: Exception, user_api_key_dict: Any
+    ) -> Any:
         self.calls.append((request_data, original_exception, user_api_key_dict))
         if self.raise_ is not None:
             raise self.raise_
@@ -122,9 +127,17 @@ async def test_success_hook_reads_a_gzip_response_and_answers_uncompressed() -> 
     async def gzipped(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         body = gzip.compress(orjson.dumps({"choices": [{"message": {"content": "zipped"}}]}))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-encoding", b"gzip"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-encoding", b"gzip"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     hook = Success("edit")
@@ -171,8 +184,12 @@ async def test_failure_hook_can_replace_the_error() -> None:
     async with client(app) as c:
         response = await c.post("/v1/chat/completions", json=chat())
     assert response.status_code == 503
-    assert response.json()["error"] == {"message": "try later", "type": "internal_server_error", "param": None,
-                                        "code": "503"}
+    assert response.json()["error"] == {
+        "message": "try later",
+        "type": "internal_server_error",
+        "param": None,
+        "code": "503",
+    }
     assert response.headers["retry-after"] == "3"
 
 

@@ -55,8 +55,14 @@ async def test_chat_refusal_is_a_normal_completion(how: str) -> None:
         "object": "chat.completion",
         "model": "gpt-test",
         "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": MESSAGE}, "logprobs": None,
-                     "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": MESSAGE},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
     assert down.received == []
@@ -127,9 +133,16 @@ async def test_streamed_responses_refusal_uses_named_events() -> None:
         response = await c.post("/v1/responses", json={"model": "gpt-4o", "input": "hi", "stream": True})
     parsed = events(response.content)
     names = [event.event for event in parsed]
-    assert names == ["response.created", "response.output_item.added", "response.content_part.added",
-                     "response.output_text.delta", "response.output_text.done", "response.content_part.done",
-                     "response.output_item.done", "response.completed"]
+    assert names == [
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     payloads = [orjson.loads(event.data) for event in parsed]
     assert [p["type"] for p in payloads] == names
     assert [p["sequence_number"] for p in payloads] == list(range(8))
@@ -152,8 +165,9 @@ async def test_other_call_types_get_a_400_with_the_message(path: str, body: dict
     async with client(app) as c:
         response = await c.post(path, json=body)
     assert response.status_code == 400
-    assert response.json() == {"error": {"message": MESSAGE, "type": "invalid_request_error", "param": None,
-                                         "code": "400"}}
+    assert response.json() == {
+        "error": {"message": MESSAGE, "type": "invalid_request_error", "param": None, "code": "400"}
+    }
     assert response.headers["x-llm-guard-rejected"] == "pre_call"
 
 
@@ -163,5 +177,10 @@ async def test_message_cannot_inject_frames_or_headers() -> None:
         response = await c.post("/v1/chat/completions", json=chat(stream=True))
     parsed = events(response.content)
     assert len(parsed) == 3  # content, finish, [DONE]: the message's "\n\ndata: " stayed inside its JSON string
-    assert set(response.headers) <= {"content-type", "content-length", "cache-control", "x-accel-buffering",
-                                     "x-llm-guard-rejected"}
+    assert set(response.headers) <= {
+        "content-type",
+        "content-length",
+        "cache-control",
+        "x-accel-buffering",
+        "x-llm-guard-rejected",
+    }

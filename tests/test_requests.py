@@ -33,8 +33,11 @@ def error(status: int, message: str, param: str | None = None) -> dict[str, Any]
 async def test_app_receives_the_rewritten_body_with_matching_headers() -> None:
     app, down = guarded(Rewrite())
     async with client(app) as c:
-        response = await c.post("/v1/chat/completions", content=orjson.dumps(chat()),
-                                headers={"content-type": "application/json", "transfer-encoding": "chunked"})
+        response = await c.post(
+            "/v1/chat/completions",
+            content=orjson.dumps(chat()),
+            headers={"content-type": "application/json", "transfer-encoding": "chunked"},
+        )
     assert response.status_code == 200
     received = down.received[0]
     assert received.json == {**chat(), "model": "rewritten-model", "extra": "ééé"}
@@ -101,8 +104,9 @@ async def test_json_sent_as_text_plain_is_still_guarded() -> None:
     hook = Rewrite()
     app, down = guarded(hook)
     async with client(app) as c:
-        response = await c.post("/v1/chat/completions", content=orjson.dumps(chat()),
-                                headers={"content-type": "text/plain"})
+        response = await c.post(
+            "/v1/chat/completions", content=orjson.dumps(chat()), headers={"content-type": "text/plain"}
+        )
     assert response.status_code == 200
     assert hook.seen["model"] == "gpt-test"
     assert down.received[0].headers["content-type"] == "application/json"
@@ -152,8 +156,11 @@ async def test_body_exactly_at_the_limit_is_accepted() -> None:
 async def test_compressed_request_body_is_415(encoding: str) -> None:
     app, down = guarded(Rewrite())
     async with client(app) as c:
-        response = await c.post("/v1/chat/completions", content=gzip.compress(orjson.dumps(chat())),
-                                headers={"content-type": "application/json", "content-encoding": encoding})
+        response = await c.post(
+            "/v1/chat/completions",
+            content=gzip.compress(orjson.dumps(chat())),
+            headers={"content-type": "application/json", "content-encoding": encoding},
+        )
     assert response.status_code == 415
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert encoding in response.json()["error"]["message"]
@@ -179,8 +186,9 @@ async def test_client_leaving_before_the_body_ends_reaches_failure_hooks_and_not
     failures: list[BaseException] = []
 
     class Failure:
-        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                               user_api_key_dict: Any) -> None:
+        async def async_post_call_failure_hook(
+            self, request_data: dict, original_exception: Exception, user_api_key_dict: Any
+        ) -> None:
             failures.append(original_exception)
 
     app, down = guarded(Failure())
@@ -201,8 +209,9 @@ async def test_enforce_user_param_rejects_missing_null_empty_and_non_strings(use
     failures: list[tuple[dict, BaseException]] = []
 
     class Both(Rewrite):
-        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                               user_api_key_dict: Any) -> None:
+        async def async_post_call_failure_hook(
+            self, request_data: dict, original_exception: Exception, user_api_key_dict: Any
+        ) -> None:
             failures.append((request_data, original_exception))
 
     hook = Both()
@@ -280,8 +289,12 @@ async def test_auth_callable_rejects_with_its_status_and_headers() -> None:
     async with client(app) as c:
         response = await c.post("/v1/chat/completions", json=chat())
     assert response.status_code == 401
-    assert response.json()["error"] == {"message": "Invalid API key", "type": "authentication_error", "param": None,
-                                        "code": "401"}
+    assert response.json()["error"] == {
+        "message": "Invalid API key",
+        "type": "authentication_error",
+        "param": None,
+        "code": "401",
+    }
     assert response.headers["www-authenticate"] == "Bearer"
     assert down.received == []
 
@@ -311,8 +324,9 @@ async def test_guarded_request_state_is_visible_to_a_starlette_handler() -> None
 
     async def handler(request: Request) -> JSONResponse:
         guard = request.state.llm_guard
-        return JSONResponse({"call_type": guard.call_type, "model": guard.data["model"],
-                             "body_model": (await request.json())["model"]})
+        return JSONResponse(
+            {"call_type": guard.call_type, "model": guard.data["model"], "body_model": (await request.json())["model"]}
+        )
 
     inner = Starlette(routes=[Route("/v1/chat/completions", handler, methods=["POST"])])
     app = LLMHookMiddleware(inner, hooks=[Rewrite()])

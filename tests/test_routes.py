@@ -52,8 +52,10 @@ def test_default_routes(path: str, call_type: str) -> None:
     assert match is not None and match.call_type == call_type
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/v1/files", "/health", "/v1/chat", "/v1/chat/completions/abc",
-                                  "/v1/responses/resp_1/cancel", "/"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/models", "/v1/files", "/health", "/v1/chat", "/v1/chat/completions/abc", "/v1/responses/resp_1/cancel", "/"],
+)
 def test_other_paths_are_not_guarded(path: str) -> None:
     assert RouteTable().match(path) is None
 
@@ -103,8 +105,9 @@ async def test_every_spelling_of_a_guarded_route_is_guarded(path: str) -> None:
 async def test_azure_refusal_names_the_deployment_when_the_body_has_no_model() -> None:
     app, _ = guarded(RefuseAll())
     async with client(app) as c:
-        response = await c.post("/openai/deployments/gpt4/chat/completions",
-                                json={"messages": [{"role": "user", "content": "x"}]})
+        response = await c.post(
+            "/openai/deployments/gpt4/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+        )
     assert response.json()["model"] == "gpt4"
 
 
@@ -140,8 +143,11 @@ async def test_unguarded_requests_get_the_very_same_scope_receive_and_send() -> 
         await send({"type": "http.response.body", "body": b""})
 
     middleware = LLMHookMiddleware(app, hooks=[RefuseAll()])
-    for scope in (http_scope("/v1/models", method="GET"), http_scope("/v1/files"),
-                  http_scope("/v1/chat/completions", method="GET")):
+    for scope in (
+        http_scope("/v1/models", method="GET"),
+        http_scope("/v1/files"),
+        http_scope("/v1/chat/completions", method="GET"),
+    ):
         script = Script(body_messages(b"{}"))
         await middleware(scope, script.receive, script.send)
         assert seen[-1] == (scope, script.receive, script.send)

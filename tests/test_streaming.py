@@ -17,16 +17,26 @@ from asgi_llm_guard.sse import SSEParser
 from .apps import Script, body_messages, chat, chat_chunk, http_scope, sse, text_chunk
 
 
-def stream_app(events: list[bytes], *, headers: list[tuple[bytes, bytes]] | None = None, delay: float = 0.0,
-               record: dict[str, Any] | None = None) -> Any:
+def stream_app(
+    events: list[bytes],
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    delay: float = 0.0,
+    record: dict[str, Any] | None = None,
+) -> Any:
     record = record if record is not None else {}
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         record["state"] = "running"
         try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": headers or [(b"content-type", b"text/event-stream")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": headers or [(b"content-type", b"text/event-stream")],
+                }
+            )
             for event in events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
                 if delay:
@@ -115,7 +125,10 @@ async def test_events_split_across_messages_and_non_json_events_pass_through() -
     assert b": keep-alive\n\n" in script.body
     assert b"event: ping\ndata: not json\n\n" in script.body
     assert [c["choices"][0]["delta"]["content"] for c in payloads(script.body) if isinstance(c, dict)] == [
-        "HEL", "LO", " WOR"]
+        "HEL",
+        "LO",
+        " WOR",
+    ]
 
 
 async def test_content_length_of_a_rewritten_stream_is_dropped() -> None:
@@ -135,16 +148,23 @@ async def test_error_mid_stream_ends_with_an_error_event_and_done() -> None:
     failures: list[BaseException] = []
 
     class Watch(Upper):
-        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                               user_api_key_dict: Any) -> None:
+        async def async_post_call_failure_hook(
+            self, request_data: dict, original_exception: Exception, user_api_key_dict: Any
+        ) -> None:
             failures.append(original_exception)
 
     record: dict[str, Any] = {}
     script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS, record=record), hooks=[Watch(fail_on=3)]))
     chunks = payloads(script.body)
     assert [c["choices"][0]["delta"]["content"] for c in chunks[:2]] == ["HEL", "LO"]
-    assert chunks[2] == {"error": {"message": "streaming hook Watch failed", "type": "internal_server_error",
-                                   "param": None, "code": "500"}}
+    assert chunks[2] == {
+        "error": {
+            "message": "streaming hook Watch failed",
+            "type": "internal_server_error",
+            "param": None,
+            "code": "500",
+        }
+    }
     assert chunks[3] == "[DONE]" and len(chunks) == 4
     assert script.sent[-1]["more_body"] is False
     assert [m["type"] for m in script.sent].count("http.response.start") == 1
@@ -196,8 +216,9 @@ class Pairs:
     def __init__(self, fail_at_window: int | None = None) -> None:
         self.fail_at_window = fail_at_window
 
-    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: AsyncIterator[dict],
-                                                      request_data: dict) -> AsyncIterator[dict]:
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: AsyncIterator[dict], request_data: dict
+    ) -> AsyncIterator[dict]:
         window: list[dict] = []
         windows = 0
         async for chunk in response:
@@ -217,8 +238,9 @@ async def test_iterator_hooks_chain_before_the_per_chunk_hook() -> None:
     seen: list[str] = []
 
     class Tag:
-        async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any,
-                                                          request_data: dict) -> AsyncIterator[dict]:
+        async def async_post_call_streaming_iterator_hook(
+            self, user_api_key_dict: Any, response: Any, request_data: dict
+        ) -> AsyncIterator[dict]:
             async for chunk in response:
                 seen.append("tag")
                 chunk["tagged"] = True
@@ -233,7 +255,9 @@ async def test_iterator_hooks_chain_before_the_per_chunk_hook() -> None:
 
 
 async def test_iterator_hook_error_mid_stream_ends_cleanly() -> None:
-    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS, delay=0.01), hooks=[Pairs(), Pairs(fail_at_window=2)]))
+    script = await drive(
+        LLMHookMiddleware(stream_app(CHAT_EVENTS, delay=0.01), hooks=[Pairs(), Pairs(fail_at_window=2)])
+    )
     chunks = payloads(script.body)
     assert chunks[-2]["error"]["message"] == "streaming hook Pairs failed"
     assert chunks[-1] == "[DONE]"
@@ -263,8 +287,9 @@ async def test_client_disconnect_mid_stream_cancels_the_app_and_leaves_no_task(w
     failures: list[BaseException] = []
 
     class Watch:
-        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                               user_api_key_dict: Any) -> None:
+        async def async_post_call_failure_hook(
+            self, request_data: dict, original_exception: Exception, user_api_key_dict: Any
+        ) -> None:
             failures.append(original_exception)
 
     record: dict[str, Any] = {}
@@ -309,8 +334,13 @@ async def test_client_disconnect_while_a_pre_call_hook_runs_cancels_the_hook() -
 async def test_app_that_raises_after_streaming_started_gets_error_event_without_streaming_hooks() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         await send({"type": "http.response.body", "body": CHAT_EVENTS[0], "more_body": True})
         raise ConnectionError("upstream reset")
 
@@ -327,15 +357,44 @@ async def test_responses_stream_refused_midway_closes_with_the_message() -> None
     response = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-4o", "output": []}
     events = [
         named({"type": "response.created", "sequence_number": 0, "response": response}),
-        named({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
-               "item": {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant",
-                        "content": []}}),
-        named({"type": "response.content_part.added", "sequence_number": 2, "item_id": "msg_1", "output_index": 0,
-               "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
-        named({"type": "response.output_text.delta", "sequence_number": 3, "item_id": "msg_1", "output_index": 0,
-               "content_index": 0, "delta": "Sure, "}),
-        named({"type": "response.output_text.delta", "sequence_number": 4, "item_id": "msg_1", "output_index": 0,
-               "content_index": 0, "delta": "the secret is"}),
+        named(
+            {
+                "type": "response.output_item.added",
+                "sequence_number": 1,
+                "output_index": 0,
+                "item": {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []},
+            }
+        ),
+        named(
+            {
+                "type": "response.content_part.added",
+                "sequence_number": 2,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []},
+            }
+        ),
+        named(
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": 3,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": "Sure, ",
+            }
+        ),
+        named(
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": 4,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": "the secret is",
+            }
+        ),
     ]
 
     class Stop:
@@ -348,9 +407,17 @@ async def test_responses_stream_refused_midway_closes_with_the_message() -> None
     script = await drive(app, {"model": "gpt-4o", "input": "x", "stream": True}, "/v1/responses")
     parsed = SSEParser().feed(script.body)
     names = [e.event for e in parsed]
-    assert names == ["response.created", "response.output_item.added", "response.content_part.added",
-                     "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
-                     "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert names == [
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     data = [orjson.loads(e.data) for e in parsed]
     assert data[4]["delta"] == "[withheld]" and data[4]["item_id"] == "msg_1"
     assert [d["sequence_number"] for d in data] == list(range(9))
