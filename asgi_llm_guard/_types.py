@@ -9,7 +9,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Any-typed parameters, so apps whose own scope types are narrower (Litestar's TypedDicts) are accepted too.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 #: The call types of SPEC section 2, in the order LiteLLM lists them.
 CALL_TYPES = (

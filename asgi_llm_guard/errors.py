@@ -44,6 +44,8 @@ class RejectRequest(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.stage: str | None = None  # set by the middleware: where the refusal came from
+        self.hook: str | None = None
 
 
 class UpstreamError(Exception):
@@ -98,6 +100,7 @@ class GuardError(Exception):
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
         stage: str | None = None,
+        hook: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -106,6 +109,7 @@ class GuardError(Exception):
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
         self.stage = stage
+        self.hook = hook
 
     def body(self) -> bytes:
         """The JSON error envelope of SPEC 5."""

@@ -14,11 +14,12 @@ import importlib
 import inspect
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .auth import UserAPIKeyAuth
+from .observe import Observer
 
 logger = logging.getLogger("asgi_llm_guard")
 
@@ -30,6 +31,8 @@ HOOK_METHODS: dict[str, tuple[str, ...]] = {
     "async_post_call_failure_hook": ("request_data", "original_exception", "user_api_key_dict"),
     "async_post_call_streaming_hook": ("user_api_key_dict", "response"),
     "async_post_call_streaming_iterator_hook": ("user_api_key_dict", "response", "request_data"),
+    # Ours, not LiteLLM's: once per guarded request after it ended, whatever the outcome (see CallHook).
+    "async_post_call_complete_hook": ("request_data", "user_api_key_dict", "status_code"),
 }
 
 #: Other names a parameter may have, mapped to the argument they receive.
@@ -45,7 +48,8 @@ _ALIASES = {
 class CallHook:
     """Optional base class for hooks: every hook method as an async no-op (LiteLLM's ``CustomLogger`` shape).
 
-    Override the methods you need; the no-op ones are skipped by the middleware::
+    Override the methods you need; the no-op ones are skipped by the middleware. Parameters are typed ``Any`` so
+    that overrides annotated as in LiteLLM's documentation (``call_type: Literal[...]``) type-check::
 
         class BlockWord(CallHook):
             async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
@@ -55,32 +59,40 @@ class CallHook:
     """
 
     async def async_pre_call_hook(
-        self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict[str, Any], call_type: str
+        self, user_api_key_dict: Any, cache: Any, data: Any, call_type: Any
     ) -> dict[str, Any] | str | Exception | None:
         return None
 
     async def async_moderation_hook(
-        self, data: dict[str, Any], user_api_key_dict: UserAPIKeyAuth, call_type: str
+        self, data: Any, user_api_key_dict: Any, call_type: Any
     ) -> Any:
         return None
 
     async def async_post_call_success_hook(
-        self, data: dict[str, Any], user_api_key_dict: UserAPIKeyAuth, response: Any
+        self, data: Any, user_api_key_dict: Any, response: Any
     ) -> Any:
         return None
 
     async def async_post_call_failure_hook(
-        self, request_data: dict[str, Any], original_exception: Exception, user_api_key_dict: UserAPIKeyAuth
+        self, request_data: Any, original_exception: Any, user_api_key_dict: Any
     ) -> Any:
         return None
 
-    async def async_post_call_streaming_hook(self, user_api_key_dict: UserAPIKeyAuth, response: Any) -> Any:
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: Any) -> Any:
         return None
 
     async def async_post_call_streaming_iterator_hook(
-        self, user_api_key_dict: UserAPIKeyAuth, response: Any, request_data: dict[str, Any]
+        self, user_api_key_dict: Any, response: Any, request_data: Any
     ) -> Any:
         return response
+
+    async def async_post_call_complete_hook(
+        self, request_data: Any, user_api_key_dict: Any, status_code: Any
+    ) -> None:
+        """Not in LiteLLM: called once per guarded request when it has ended, whatever the outcome (success,
+        refusal, error, a stream that finished or broke, a client that left: ``status_code`` 499). What it
+        raises is logged. Use it to release what a pre-call hook acquired, as the built-in limiter does."""
+        return None
 
 
 class HookTimeout(Exception):
@@ -99,6 +111,7 @@ _STAGE_BY_METHOD = {
     "async_post_call_failure_hook": "failure",
     "async_post_call_streaming_hook": "streaming",
     "async_post_call_streaming_iterator_hook": "streaming",
+    "async_post_call_complete_hook": "complete",
 }
 
 
@@ -113,6 +126,7 @@ class BoundHook:
     positional: tuple[str, ...]  # arguments passed by position, when the names could not be matched
     timeout: float | None
     fail_open: bool
+    observer: Observer | None = None
 
     @property
     def stage(self) -> str:
@@ -126,12 +140,29 @@ class BoundHook:
 
     async def call(self, arguments: Mapping[str, Any]) -> Any:
         """Call and await the method, bounded by the hook's timeout (raises :class:`HookTimeout`)."""
+        if self.observer is not None:
+            return await self._observed(arguments, self.observer)
         result = self.invoke(arguments)
         if not inspect.isawaitable(result):
             return result
         if self.timeout is None:
             return await result
         return await _bounded(result, self)
+
+    async def _observed(self, arguments: Mapping[str, Any], observer: Observer) -> Any:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = self.invoke(arguments)
+            if inspect.isawaitable(result):
+                result = await (result if self.timeout is None else _bounded(result, self))
+            outcome = "ok"
+            return result
+        except HookTimeout:
+            outcome = "timeout"
+            raise
+        finally:
+            observer.hook_finished(self.stage, self.name, time.perf_counter() - started, outcome)
 
 
 if sys.version_info >= (3, 11):
@@ -243,6 +274,7 @@ class HookSet:
     failure: tuple[BoundHook, ...] = ()
     streaming: tuple[BoundHook, ...] = ()
     streaming_iterator: tuple[BoundHook, ...] = ()
+    complete: tuple[BoundHook, ...] = ()
 
     @property
     def touches_response(self) -> bool:
@@ -256,10 +288,11 @@ _FIELD_BY_METHOD = {
     "async_post_call_failure_hook": "failure",
     "async_post_call_streaming_hook": "streaming",
     "async_post_call_streaming_iterator_hook": "streaming_iterator",
+    "async_post_call_complete_hook": "complete",
 }
 
 
-def bind_hooks(entries: Iterable[object], default_timeout: float | None) -> HookSet:
+def bind_hooks(entries: Iterable[object], default_timeout: float | None, observer: Observer | None = None) -> HookSet:
     """Resolve and bind every hook, raising ``TypeError``/``ValueError`` for entries that cannot work."""
     stages: dict[str, list[BoundHook]] = {field: [] for field in _FIELD_BY_METHOD.values()}
     for index, entry in enumerate(entries):
@@ -298,6 +331,7 @@ def bind_hooks(entries: Iterable[object], default_timeout: float | None) -> Hook
                     positional=positional,
                     timeout=float(timeout) if timeout is not None else None,
                     fail_open=fail_open,
+                    observer=observer,
                 )
             )
     return HookSet(**{field: tuple(bound) for field, bound in stages.items()})

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read
 from .cache import DualCache
 from .errors import GuardError, RejectRequest, from_exception
 from .hooks import BoundHook, HookSet, HookTimeout, bind_hooks, log_hook_exception
+from .observe import Observer
 from .pipeline import ResponsePipeline
 from .routes import RouteMatch, RouteTable
 
@@ -85,6 +87,7 @@ class LLMHookMiddleware:
         hook_timeout: float | None = None,
         moderation: str = "parallel",
         expose_hook_errors: bool = False,
+        observer: Observer | None = None,
     ) -> None:
         if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
             raise TypeError(
@@ -113,12 +116,15 @@ class LLMHookMiddleware:
             raise TypeError(f"moderation must be 'parallel' or 'before', not {moderation!r}")
         if moderation not in ("parallel", "before"):
             raise ValueError(f"moderation must be 'parallel' or 'before', not {moderation!r}")
+        if observer is not None and not isinstance(observer, Observer):
+            raise TypeError(f"observer must be an asgi_llm_guard.observe.Observer (subclass it), not {observer!r}")
         if routes is not None and not isinstance(routes, Mapping):
             raise TypeError(
                 f"routes must be a dict such as {{'/chat/completions': 'completion'}}, not {routes!r}"
             )
         self.app = app
-        self.hooks: HookSet = bind_hooks(list(hooks), hook_timeout)
+        self.observer = observer
+        self.hooks: HookSet = bind_hooks(list(hooks), hook_timeout, observer)
         self.routes = RouteTable(routes)
         self.enforce_user_param = enforce_user_param
         self.max_body_bytes = max_body_bytes
@@ -184,40 +190,32 @@ class GuardedCall:
     def outcome(self, exc: BaseException, hook: BoundHook, stage: str) -> RejectRequest | GuardError:
         """What the client gets for an exception a hook raised at ``stage``."""
         if isinstance(exc, RejectRequest):
-            exc.stage = stage  # type: ignore[attr-defined]
+            exc.stage, exc.hook = stage, hook.name
             return exc
         if isinstance(exc, HookTimeout):
-            return GuardError(503, str(exc), type="timeout_error", stage=stage)
+            return GuardError(503, str(exc), type="timeout_error", stage=stage, hook=hook.name)
         error = from_exception(exc, stage=stage)
         if error is not None:
-            if error.stage is None:
-                error.stage = stage
+            error.stage = error.stage or stage
+            error.hook = error.hook or hook.name
             return error
         log_hook_exception(hook, exc)
         message = f"{stage} hook {hook.name} failed"
         if self.guard.expose_hook_errors:
             message += f": {type(exc).__name__}: {exc}"
-        return GuardError(500, message, stage=stage)
+        return GuardError(500, message, stage=stage, hook=hook.name)
 
     def wrong_type(self, hook: BoundHook, result: object, expected: str) -> GuardError:
         logger.error(
-            "%s hook %s returned %s; it must return %s",
-            hook.stage,
-            hook.name,
-            type(result).__name__,
-            expected,
+            "%s hook %s returned %s; it must return %s", hook.stage, hook.name, type(result).__name__, expected
         )
-        return GuardError(500, f"{hook.stage} hook {hook.name} failed", stage=hook.stage)
+        return GuardError(500, f"{hook.stage} hook {hook.name} failed", stage=hook.stage, hook=hook.name)
 
     def app_outcome(self, exc: BaseException) -> GuardError:
         error = from_exception(exc)
         if error is not None:
             return error
         return GuardError(500, "The downstream app failed while handling the request.")
-
-    @staticmethod
-    def stage_of(outcome: RejectRequest) -> str | None:
-        return getattr(outcome, "stage", None)
 
     async def report_failure(self, original: BaseException) -> GuardError | None:
         """Call the failure hooks once for this request; returns the error a hook put in place, if any."""
@@ -256,6 +254,10 @@ class GuardedCall:
     async def run(self) -> None:
         host = asyncio.current_task()
         watcher: asyncio.Task[None] | None = None
+        observer = self.guard.observer
+        started = time.perf_counter()
+        if observer is not None:
+            observer.request_started(self.call_type)
         try:
             try:
                 await self._identify()
@@ -282,6 +284,19 @@ class GuardedCall:
             if watcher is not None:
                 watcher.cancel()
             await self.pipeline.close()
+            if self.hooks.complete or observer is not None:
+                status = 499 if self._client_gone else self.pipeline.status
+                await self._complete(status)
+                if observer is not None:
+                    observer.request_finished(self.call_type, status, time.perf_counter() - started)
+
+    async def _complete(self, status: int) -> None:
+        arguments = {"request_data": self.data, "user_api_key_dict": self.user, "status_code": status}
+        for hook in self.hooks.complete:
+            try:
+                await hook.call(arguments)
+            except Exception as exc:
+                log_hook_exception(hook, exc)
 
     async def _watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
         """Cancel the request when the client leaves before its response ended (SPEC 6)."""
@@ -458,6 +473,8 @@ class GuardedCall:
             with contextlib.suppress(BaseException):
                 await app_task
             raise
+        if self.guard.observer is not None:
+            self.guard.observer.moderation_held(pipeline.held_for())
         try:
             await pipeline.release()
         except BaseException:

@@ -20,6 +20,7 @@ start, bodies, one final ``more_body=False``.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ import orjson
 
 from ._types import Message, Send
 from .errors import GuardError, RejectRequest, UpstreamError
-from .responses import send_error, send_refusal
+from .responses import REFUSED_AS_ANSWER, send_error, send_refusal
 from .streaming import StreamRewriter
 
 if TYPE_CHECKING:
@@ -72,12 +73,14 @@ class ResponsePipeline:
     def __init__(self, call: GuardedCall, send: Send) -> None:
         self.call = call
         self._send = send
+        self.status = 500  # what the client was sent; 500 until a start goes out
         self.started = False  # http.response.start went to the client
         self.done = False  # the final body went to the client
         self.is_sse = False
         self._app_started = False
         self._app_done = False
         self._held: list[Message] | None = None
+        self._held_since = 0.0
         self._mode = _PASS
         self._start: Message | None = None
         self._chunks: list[bytes] = []
@@ -89,6 +92,7 @@ class ResponsePipeline:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
+            self.status = message["status"]
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.done = True
         await self._send(message)
@@ -103,6 +107,11 @@ class ResponsePipeline:
 
     def hold(self) -> None:
         self._held = []
+        self._held_since = 0.0
+
+    def held_for(self) -> float:
+        """Seconds the app's response has waited so far (0 if it has not started)."""
+        return time.perf_counter() - self._held_since if self._held_since else 0.0
 
     async def release(self) -> None:
         """Forward what the app sent while moderation ran, in order; later sends go straight through."""
@@ -134,6 +143,8 @@ class ResponsePipeline:
             if not message.get("more_body", False):
                 self._app_done = True
         if self._held is not None:
+            if not self._held_since:
+                self._held_since = time.perf_counter()
             self._held.append(message)
             return
         await self._process(message)
@@ -267,7 +278,12 @@ class ResponsePipeline:
         if self.done:
             return
         call = self.call
-        stage = getattr(outcome, "stage", None) if isinstance(outcome, GuardError) else call.stage_of(outcome)
+        stage = outcome.stage
+        observer = call.guard.observer
+        if observer is not None:
+            refusal = isinstance(outcome, RejectRequest)
+            status = 200 if refusal and call.call_type in REFUSED_AS_ANSWER else getattr(outcome, "status_code", 400)
+            observer.request_rejected(stage, outcome.hook, status, "refusal" if refusal else "error")
         if not self.started:
             self._start = None
             self._chunks = []

@@ -1,0 +1,35 @@
+"""What the middleware reports as it works, for metrics and tracing (``observer=`` on the middleware).
+
+Subclass :class:`Observer` and override what you need; every method is a cheap no-op by default and is called
+synchronously on the request's path, so keep overrides short (increment a counter, observe a histogram).
+``asgi_llm_guard.contrib.prometheus`` is one implementation.
+"""
+
+from __future__ import annotations
+
+
+class Observer:
+    """Receives the middleware's events::
+
+        class Printer(Observer):
+            def hook_finished(self, stage, hook, seconds, outcome):
+                print(stage, hook, f"{seconds * 1000:.1f} ms", outcome)
+
+        app.add_middleware(LLMHookMiddleware, hooks=[...], observer=Printer())
+    """
+
+    def request_started(self, call_type: str) -> None:
+        """A guarded request began (its route matched)."""
+
+    def hook_finished(self, stage: str, hook: str, seconds: float, outcome: str) -> None:
+        """One hook call ended; ``outcome`` is ``"ok"``, ``"error"`` (it raised) or ``"timeout"``."""
+
+    def request_rejected(self, stage: str | None, hook: str | None, status: int, kind: str) -> None:
+        """The guard answered instead of the app: ``kind`` is ``"refusal"`` or ``"error"``; ``stage`` and ``hook``
+        are ``None`` for errors no hook produced (body, auth, ``enforce_user_param``)."""
+
+    def moderation_held(self, seconds: float) -> None:
+        """How long the app's response waited for moderation hooks (0 when they finished first)."""
+
+    def request_finished(self, call_type: str, status: int, seconds: float) -> None:
+        """A guarded request ended with ``status`` (499: the client left) after ``seconds``."""

@@ -1,0 +1,152 @@
+"""The FastAPI example under a real uvicorn server, spoken to by the official ``openai`` SDK, and run as the
+README says (``python examples/fastapi_app.py``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from examples import fastapi_app
+from tests.servers import serve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def builtin_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[openai.AsyncOpenAI]:
+    async with serve(fastapi_app.app) as base_url:
+        async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="sk-test", max_retries=0) as client:
+            yield client
+
+
+async def test_normal_completion(client: openai.AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model="gpt-3.5-turbo", user="ishaan-app", messages=[{"role": "user", "content": "good morning"}]
+    )
+
+    assert completion.choices[0].message.content == "You said: good morning"
+    assert completion.model == "gpt-4o-mini"
+    assert completion.usage is not None and completion.usage.total_tokens == 6
+
+
+async def test_refusal_parses_as_a_normal_chat_completion(client: openai.AsyncOpenAI) -> None:
+    response = await client.chat.completions.with_raw_response.create(
+        model="gpt-3.5-turbo", user="ishaan-app", messages=[{"role": "user", "content": "Hello world"}]
+    )
+    completion = response.parse()
+
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content == "This is an invalid response"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == "gpt-3.5-turbo"
+
+
+async def test_streamed_refusal_parses_as_a_normal_stream(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="gpt-3.5-turbo", user="ishaan-app", messages=[{"role": "user", "content": "Hello world"}],
+        stream=True, stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "This is an invalid response"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None
+    assert {c.model for c in chunks} == {"gpt-3.5-turbo"}
+
+
+async def test_streamed_answer(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="echo-1", user="ishaan-app", messages=[{"role": "user", "content": "hi there"}], stream=True
+    )
+
+    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(pieces) == "You said: hi there"
+
+
+async def test_forbidden_prompt_raises_bad_request(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="gpt-3.5-turbo", user="ishaan-app", messages=[{"role": "user", "content": "forbidden"}]
+        )
+
+    assert caught.value.status_code == 400
+    assert "Your request contains a forbidden word." in caught.value.message
+    assert caught.value.body == {"message": "Your request contains a forbidden word.",
+                                 "type": "invalid_request_error", "param": None, "code": "400"}
+
+
+async def test_missing_user_raises_bad_request_naming_the_param(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "hi"}])
+
+    assert caught.value.param == "user"
+
+
+async def test_embeddings_through_the_sdk(client: openai.AsyncOpenAI) -> None:
+    result = await client.embeddings.create(model="echo-1", user="ishaan-app", input=["a cat", "a cat"])
+
+    assert len(result.data) == 2
+    assert result.data[0].embedding == pytest.approx(result.data[1].embedding)
+    assert len(result.data[0].embedding) == 8
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_the_example_runs_as_a_script(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
+    env["PORT"] = str(port)
+    log = tmp_path / "server.log"
+    with log.open("wb") as output:
+        command = [sys.executable, "examples/fastapi_app.py"]  # as the README says, from the repository root
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, f"the example exited:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"the example did not answer in time:\n{log.read_text()}"
+                try:
+                    if client.get("/v1/models").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+
+            response = client.post("/v1/chat/completions", json={
+                "model": "gpt-3.5-turbo", "user": "ishaan-app", "temperature": 0.2,
+                "messages": [{"role": "user", "content": "good morning good sir"}],
+            })
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "You said: good morning good sir"
+    assert "chat completion for end user ishaan-app" in log.read_text()  # read from request.state.llm_guard

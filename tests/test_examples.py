@@ -1,0 +1,420 @@
+"""The example services (examples/fastapi_app.py, examples/litestar_app.py) behave as the README says.
+
+Both apps are driven in-process through httpx's ASGITransport with the built-in model; the upstream
+forwarding mode is tested against a fake OpenAI-compatible upstream served by uvicorn, with
+``OPENAI_BASE_URL`` set per test (the example reads it per request, so no module is re-imported).
+ASGITransport buffers whole responses, so the chunk-by-chunk relay is tested with the example app under
+uvicorn too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from asgi_llm_guard import LLMHookMiddleware
+from examples import fastapi_app, litestar_app
+from tests.servers import serve
+
+APPS = {"fastapi": fastapi_app.app, "litestar": litestar_app.app}
+
+USER_PARAM_ERROR = {
+    "error": {
+        "message": "'user' param not passed in. 'enforce_user_param'=True",
+        "type": "invalid_request_error",
+        "param": "user",
+        "code": "400",
+    }
+}
+
+
+@pytest.fixture(autouse=True)
+def builtin_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples must answer with the built-in model, whatever the developer's shell exports."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture(params=sorted(APPS))
+def app(request: pytest.FixtureRequest) -> Any:
+    return APPS[request.param]
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        yield client
+
+
+def chat(content: str, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": content}]
+    return {"model": "gpt-3.5-turbo", "user": "ishaan-app", "messages": messages, **extra}
+
+
+def sse_events(text: str) -> list[Any]:
+    """The ``data:`` payloads of an SSE body, JSON-decoded; ``"[DONE]"`` stays a string."""
+    events = []
+    for block in text.split("\n\n"):
+        data = "\n".join(line[len("data: "):] for line in block.splitlines() if line.startswith("data: "))
+        if data:
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+# -- built-in model ------------------------------------------------------------------------------------------
+
+
+async def test_chat_answers_with_the_builtin_model_and_the_alias_rewritten(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("good morning good sir"))
+
+    assert response.status_code == 200
+    assert "x-llm-guard-rejected" not in response.headers
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "gpt-4o-mini"  # the pre-call hook mapped the public alias
+    assert body["choices"][0]["message"] == {
+        "role": "assistant", "content": "You said: good morning good sir", "refusal": None
+    }
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+
+
+async def test_hello_world_is_refused_as_a_normal_chat_completion(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("Hello world"))
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "gpt-3.5-turbo"  # the model the client asked for
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "This is an invalid response"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_forbidden_word_is_a_400_openai_error(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("tell me something forbidden"))
+
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    assert response.json() == {
+        "error": {
+            "message": "Your request contains a forbidden word.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "400",
+        }
+    }
+
+
+async def test_moderation_hook_blocks_a_first_message_of_hello_world(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("hello world"))
+
+    assert response.status_code == 400
+    assert response.headers["x-llm-guard-rejected"] == "moderation"
+    assert response.json()["error"]["message"] == "Violated content safety policy"
+
+
+@pytest.mark.parametrize("user", [None, "", 42])
+async def test_request_without_user_is_a_400_naming_the_param(client: httpx.AsyncClient, user: Any) -> None:
+    body = chat("good morning")
+    if user is None:
+        del body["user"]
+    else:
+        body["user"] = user
+
+    response = await client.post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 400
+    assert response.json() == USER_PARAM_ERROR
+
+
+async def test_text_completion_answers(client: httpx.AsyncClient) -> None:
+    request = {"model": "echo-1", "user": "u", "prompt": "hi there"}
+    response = await client.post("/v1/completions", json=request)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "text_completion"
+    assert body["choices"] == [
+        {"text": "You said: hi there", "index": 0, "logprobs": None, "finish_reason": "stop"}
+    ]
+    assert body["usage"]["total_tokens"] == 6
+
+
+async def test_text_completion_refusal_is_a_normal_text_completion(client: httpx.AsyncClient) -> None:
+    request = {"model": "echo-1", "user": "u", "prompt": "Hello world"}
+    response = await client.post("/v1/completions", json=request)
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    body = response.json()
+    assert body["object"] == "text_completion"
+    assert body["id"].startswith("cmpl-")
+    assert body["model"] == "echo-1"
+    assert body["choices"][0]["text"] == "This is an invalid response"
+
+
+async def test_streamed_chat_is_openai_sse_with_usage(client: httpx.AsyncClient) -> None:
+    request = chat("hi there", stream=True, stream_options={"include_usage": True})
+    response = await client.post("/v1/chat/completions", json=request)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {c["id"] for c in chunks} == {chunks[0]["id"]}
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "gpt-4o-mini" for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == (
+        "You said: hi there"
+    )
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+
+
+async def test_streamed_text_completion(client: httpx.AsyncClient) -> None:
+    request = {"model": "echo-1", "user": "u", "prompt": "hi there", "stream": True}
+    response = await client.post("/v1/completions", json=request)
+
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    assert "".join(c["choices"][0]["text"] for c in events[:-1]) == "You said: hi there"
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert all("usage" not in c for c in events[:-1])  # include_usage was not asked for
+
+
+async def test_streamed_refusal_is_sse(client: httpx.AsyncClient) -> None:
+    request = chat("Hello world", stream=True, stream_options={"include_usage": True})
+    response = await client.post("/v1/chat/completions", json=request)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": "This is an invalid response"}
+    assert events[0]["model"] == "gpt-3.5-turbo"
+    assert [c["choices"][0]["finish_reason"] for c in events[:-1] if c["choices"]] == [None, "stop"]
+    assert events[-2]["choices"] == [] and events[-2]["usage"]["total_tokens"] == 0
+
+
+async def test_embeddings_are_deterministic_unit_vectors(client: httpx.AsyncClient) -> None:
+    request = {"model": "echo-1", "user": "u", "input": ["a cat", "a dog", "a cat"]}
+    response = await client.post("/v1/embeddings", json=request)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list"
+    vectors = [row["embedding"] for row in body["data"]]
+    assert [row["index"] for row in body["data"]] == [0, 1, 2]
+    assert len(vectors[0]) == 8
+    assert vectors[0] == vectors[2] != vectors[1]
+    assert abs(sum(v * v for v in vectors[0]) - 1) < 1e-4
+    assert body["usage"] == {"prompt_tokens": 6, "total_tokens": 6}
+
+
+async def test_embeddings_in_base64_as_the_openai_sdk_asks(client: httpx.AsyncClient) -> None:
+    floats = await client.post("/v1/embeddings", json={"model": "e", "user": "u", "input": "a cat"})
+    packed = await client.post("/v1/embeddings", json={"model": "e", "user": "u", "input": "a cat",
+                                                       "encoding_format": "base64", "dimensions": 4})
+
+    vector = struct.unpack("<4f", base64.b64decode(packed.json()["data"][0]["embedding"]))
+    assert len(vector) == 4
+    assert len(floats.json()["data"][0]["embedding"]) == 8
+
+
+async def test_embeddings_of_hello_world_are_a_400_refusal(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/embeddings", json={"model": "e", "user": "u", "input": "Hello world"})
+
+    assert response.status_code == 400  # refusals of non-chat call types are errors (SPEC 4)
+    assert response.json()["error"]["message"] == "This is an invalid response"
+
+
+async def test_models_list_passes_through_unguarded(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/models")  # no body, no user: GET is never guarded
+
+    assert response.status_code == 200
+    assert response.json()["data"][0]["id"] == "echo-1"
+
+
+async def test_builtin_model_rejects_a_body_without_messages(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json={"model": "echo-1", "user": "u"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages"
+
+
+# -- upstream forwarding (OPENAI_BASE_URL) -------------------------------------------------------------------
+
+
+@dataclass
+class Upstream:
+    """A fake OpenAI-compatible upstream and what it received."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+    go_on: asyncio.Event = field(default_factory=asyncio.Event)  # releases the rest of a streamed answer
+    stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> Starlette:
+        async def chat_completions(request: Request) -> Response:
+            body = await request.json()
+            self.requests.append(body)
+            self.authorizations.append(request.headers.get("authorization"))
+            if body["model"] == "missing":
+                error = {"message": "The model `missing` does not exist", "type": "invalid_request_error",
+                         "param": "model", "code": "model_not_found"}
+                return JSONResponse({"error": error}, status_code=404)
+            if body.get("stream"):
+                return StreamingResponse(self.events(body["model"]), media_type="text/event-stream")
+            return JSONResponse({
+                "id": "chatcmpl-upstream", "object": "chat.completion", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "from upstream"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            })
+
+        async def models(request: Request) -> Response:
+            self.authorizations.append(request.headers.get("authorization"))
+            return JSONResponse({"object": "list", "data": [{"id": "upstream-model", "object": "model",
+                                                             "created": 0, "owned_by": "test"}]})
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                                 Route("/v1/models", models)])
+
+    async def events(self, model: str) -> AsyncIterator[bytes]:
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            event = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+        try:
+            yield chunk({"role": "assistant", "content": "first"})
+            await self.go_on.wait()
+            yield chunk({"content": " second"})
+            yield chunk({}, "stop")
+            yield b"data: [DONE]\n\n"
+        finally:
+            self.stream_closed.set()
+
+
+@pytest.fixture
+async def upstream(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Upstream]:
+    fake = Upstream()
+    async with serve(fake.app()) as base_url:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{base_url}/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-upstream")
+        yield fake
+
+
+async def test_upstream_receives_the_hooked_request_and_its_answer_comes_back(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("good morning"))
+
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "from upstream"
+    assert upstream.requests == [chat("good morning", model="gpt-4o-mini")]
+    assert upstream.authorizations == ["Bearer sk-upstream"]
+
+
+async def test_refused_requests_never_reach_the_upstream(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    refused = await client.post("/v1/chat/completions", json=chat("Hello world"))
+    blocked = await client.post("/v1/chat/completions", json=chat("forbidden"))
+
+    assert (refused.status_code, blocked.status_code) == (200, 400)
+    assert upstream.requests == []
+
+
+async def test_upstream_errors_pass_through_with_their_status(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("hi", model="missing"))
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+async def test_models_list_comes_from_the_upstream(client: httpx.AsyncClient, upstream: Upstream) -> None:
+    response = await client.get("/v1/models")
+
+    assert response.json()["data"][0]["id"] == "upstream-model"
+    assert upstream.authorizations == ["Bearer sk-upstream"]
+
+
+async def test_unreachable_upstream_is_a_502(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve(Starlette()) as base_url:
+        pass  # the port is free again: nothing listens there now
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{base_url}/v1")
+
+    response = await client.post("/v1/chat/completions", json=chat("hi"))
+
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "api_error"
+
+
+async def test_upstream_stream_is_relayed_chunk_by_chunk(app: Any, upstream: Upstream) -> None:
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=chat("hi", stream=True)) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            received = ""
+            chunks = response.aiter_text()
+            with anyio.fail_after(5):  # the upstream holds the rest back until the first chunk arrived
+                while "\n\n" not in received:
+                    received += await chunks.__anext__()
+            assert "first" in received and "second" not in received
+            upstream.go_on.set()
+            async for text in chunks:
+                received += text
+
+    events = sse_events(received)
+    assert [e["choices"][0]["delta"].get("content") for e in events[:-1]] == ["first", " second", None]
+    assert events[-1] == "[DONE]"
+    assert upstream.requests[0]["model"] == "gpt-4o-mini"
+
+
+async def test_client_leaving_mid_stream_closes_the_upstream_stream(app: Any, upstream: Upstream) -> None:
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=chat("hi", stream=True)) as response:
+            async for text in response.aiter_text():
+                assert "first" in text
+                break  # leave before the upstream has finished
+
+        with anyio.fail_after(5):
+            await upstream.stream_closed.wait()
+    assert not upstream.go_on.is_set()
+
+
+# -- the handler as an import string -------------------------------------------------------------------------
+
+
+async def test_handler_loads_from_its_import_string() -> None:
+    async def echo_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    app = LLMHookMiddleware(echo_app, hooks=["examples.hooks.proxy_handler_instance"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.post("/v1/chat/completions", json=chat("Hello world"))
+
+    assert response.json()["choices"][0]["message"]["content"] == "This is an invalid response"
