@@ -8,10 +8,14 @@ text (that could carry a prompt or a key), unless the middleware was built with 
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+logger = logging.getLogger("asgi_llm_guard")
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -176,3 +180,14 @@ def from_exception(exc: BaseException, *, stage: str | None = None) -> GuardErro
     if status is None:
         return None
     return GuardError(status, message_of(exc), headers=headers_of(exc), stage=stage)
+
+
+def log_exception(what: str, exc: BaseException, *, expose: bool = False) -> None:
+    """Log ``exc`` at ERROR with its type and traceback frames, but not its message unless ``expose``.
+
+    A hook's or app's exception text often quotes the prompt or a key (``ValueError(f"bad prompt {data}")``), and
+    logs travel further than responses (SPEC 7); the frames are what a developer needs to find the bug.
+    """
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    detail = f"{type(exc).__name__}: {exc}" if expose else f"{type(exc).__name__} (message withheld)"
+    logger.error("%s raised %s\nTraceback (most recent call last):\n%s", what, detail, frames.rstrip("\n"))

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import log_exception
 from .observe import Observer
 
 logger = logging.getLogger("asgi_llm_guard")
@@ -337,5 +338,5 @@ def bind_hooks(entries: Iterable[object], default_timeout: float | None, observe
     return HookSet(**{field: tuple(bound) for field, bound in stages.items()})
 
 
-def log_hook_exception(hook: BoundHook, exc: BaseException) -> None:
-    logger.error("%s hook %s raised %s", hook.stage, hook.name, type(exc).__name__, exc_info=exc)
+def log_hook_exception(hook: BoundHook, exc: BaseException, expose: bool = False) -> None:
+    log_exception(f"{hook.stage} hook {hook.name}", exc, expose=expose)

@@ -29,7 +29,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .auth import UserAPIKeyAuth, default_identity
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large
 from .cache import DualCache
-from .errors import GuardError, RejectRequest, from_exception
+from .errors import GuardError, RejectRequest, from_exception, log_exception
 from .hooks import BoundHook, HookSet, HookTimeout, bind_hooks, log_hook_exception
 from .observe import Observer
 from .pipeline import ResponsePipeline
@@ -134,7 +134,7 @@ class LLMHookMiddleware:
         self.expose_hook_errors = expose_hook_errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self._lifespan(scope, receive, send)
                 return
@@ -145,7 +145,7 @@ class LLMHookMiddleware:
         if root_path and path.startswith(root_path):
             path = path[len(root_path) :]
         match = self.routes.match(path)
-        if match is None:
+        if match is None or (scope["method"] != "POST" and not _overridden_to_write(scope)):
             await self.app(scope, receive, send)
             return
         await GuardedCall(self, scope, receive, send, match).run()
@@ -161,6 +161,18 @@ class LLMHookMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_closing_cache)
+
+
+_METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+
+
+def _overridden_to_write(scope: Scope) -> bool:
+    """A GET (say) that asks a method-override middleware downstream to treat it as a POST is guarded as one:
+    otherwise ``X-HTTP-Method-Override: POST`` would walk around the guard."""
+    for name, value in scope["headers"]:
+        if name in _METHOD_OVERRIDES and value.strip().upper() in (b"POST", b"PUT", b"PATCH"):
+            return True
+    return False
 
 
 class GuardedCall:
@@ -199,7 +211,7 @@ class GuardedCall:
             error.stage = error.stage or stage
             error.hook = error.hook or hook.name
             return error
-        log_hook_exception(hook, exc)
+        log_hook_exception(hook, exc, self.guard.expose_hook_errors)
         message = f"{stage} hook {hook.name} failed"
         if self.guard.expose_hook_errors:
             message += f": {type(exc).__name__}: {exc}"
@@ -239,7 +251,7 @@ class GuardedCall:
             except Exception as exc:
                 error = from_exception(exc)
                 if error is None:
-                    log_hook_exception(hook, exc)
+                    log_hook_exception(hook, exc, self.guard.expose_hook_errors)
                 else:
                     replacement = error
                 continue
@@ -296,7 +308,7 @@ class GuardedCall:
             try:
                 await hook.call(arguments)
             except Exception as exc:
-                log_hook_exception(hook, exc)
+                log_hook_exception(hook, exc, self.guard.expose_hook_errors)
 
     async def _watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
         """Cancel the request when the client leaves before its response ended (SPEC 6)."""
@@ -315,7 +327,7 @@ class GuardedCall:
         except Exception as exc:
             error = from_exception(exc)
             if error is None:
-                logger.error("the auth callable raised %s", type(exc).__name__, exc_info=exc)
+                log_exception("the auth callable", exc, expose=self.guard.expose_hook_errors)
                 error = GuardError(500, "Authentication failed.")
             raise _Stop(error, exc) from None
         if not isinstance(user, UserAPIKeyAuth):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._types import Message, Send
-from .errors import GuardError, RejectRequest, UpstreamError
+from .errors import GuardError, RejectRequest, UpstreamError, log_exception
 from .responses import REFUSED_AS_ANSWER, send_error, send_refusal
 from .streaming import StreamRewriter
 
@@ -316,13 +316,12 @@ class ResponsePipeline:
         """Leave the client with a complete response after the app returned or raised ``exc``."""
         if exc is not None and not isinstance(exc, ResponseClosed):
             if not self.done:
-                logger.error("the downstream app raised %s", type(exc).__name__, exc_info=exc)
+                log_exception("the downstream app", exc, expose=self.call.guard.expose_hook_errors)
                 outcome = self.call.app_outcome(exc)
                 await self.fail(outcome, exc)
                 return
-            logger.error(
-                "the downstream app raised %s after its response ended", type(exc).__name__, exc_info=exc
-            )
+            expose = self.call.guard.expose_hook_errors
+            log_exception("the downstream app (after its response ended)", exc, expose=expose)
             return
         if self.done:
             return

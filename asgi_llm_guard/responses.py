@@ -9,6 +9,7 @@ inject SSE frames; header values are never built from messages.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,8 @@ import orjson
 from ._types import Send
 from .errors import GuardError
 from .sse import DONE, encode_json
+
+logger = logging.getLogger("asgi_llm_guard")
 
 REFUSED_AS_ANSWER = frozenset({"completion", "text_completion", "responses"})
 
@@ -35,7 +38,18 @@ def _id(prefix: str) -> str:
 
 
 def _encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    """An exception's headers as ASGI headers, leaving out any that could split the response (CR, LF, NUL) or
+    that HTTP cannot carry (non-latin-1): a hook's ``Retry-After: "1\r\nX-Injected: yes"`` must not inject."""
+    encoded = []
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n\0") or not name.strip() or ":" in name:
+            logger.warning("dropped response header %r: it holds characters HTTP headers cannot carry", name[:40])
+            continue
+        try:
+            encoded.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
+        except UnicodeEncodeError:
+            logger.warning("dropped response header %r: it is not latin-1", name[:40])
+    return encoded
 
 
 async def send_body(

@@ -289,14 +289,14 @@ async def test_rate_limit_exception_keeps_its_headers() -> None:
 
 class Broken:
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
-        raise KeyError("sk-secret-in-exception-text")
+        raise KeyError(f"bad prompt: {data['messages'][0]['content']}")
 
 
 async def test_hook_bug_is_a_500_naming_the_hook_without_its_text(caplog: pytest.LogCaptureFixture) -> None:
     app, down = guarded(Broken())
     with caplog.at_level(logging.ERROR, logger="asgi_llm_guard"):
         async with client(app) as c:
-            response = await c.post("/v1/chat/completions", json=chat())
+            response = await c.post("/v1/chat/completions", json=chat("sk-secret-in-the-prompt"))
     assert response.status_code == 500
     assert response.json() == {
         "error": {
@@ -308,16 +308,19 @@ async def test_hook_bug_is_a_500_naming_the_hook_without_its_text(caplog: pytest
     }
     assert "sk-secret" not in response.text
     assert response.headers["x-llm-guard-rejected"] == "pre_call"
-    assert any(record.exc_info for record in caplog.records)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "pre_call hook Broken raised KeyError (message withheld)" in logged
+    assert "Traceback (most recent call last)" in logged and "test_hooks.py" in logged
+    assert "sk-secret" not in logged
     assert down.received == []
 
 
 async def test_expose_hook_errors_shows_the_exception_text() -> None:
     app, _ = guarded(Broken(), expose_hook_errors=True)
     async with client(app) as c:
-        response = await c.post("/v1/chat/completions", json=chat())
+        response = await c.post("/v1/chat/completions", json=chat("sk-secret-in-the-prompt"))
     assert response.status_code == 500
-    assert "sk-secret-in-exception-text" in response.json()["error"]["message"]
+    assert "sk-secret-in-the-prompt" in response.json()["error"]["message"]
 
 
 async def test_wrong_return_type_is_a_clear_500_and_a_log_line(caplog: pytest.LogCaptureFixture) -> None:

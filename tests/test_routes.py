@@ -201,3 +201,20 @@ async def test_lifespan_of_a_starlette_app_with_the_middleware_added() -> None:
             response = await c.post("/v1/chat/completions", json=chat())
         assert orjson.loads(response.content)["object"] == "chat.completion"
     assert events == ["startup", "shutdown"]
+
+
+@pytest.mark.parametrize("header", ["x-http-method-override", "x-http-method", "x-method-override"])
+async def test_method_override_to_post_is_guarded_like_a_post(header: str) -> None:
+    app, down = guarded(RefuseAll())
+    async with client(app) as c:
+        response = await c.request("GET", "/v1/chat/completions", json=chat(), headers={header: "post"})
+    assert response.json()["choices"][0]["message"]["content"] == "refused completion"
+    assert down.received == []
+
+
+async def test_plain_get_on_a_guarded_path_passes_through() -> None:
+    app, down = guarded(RefuseAll())
+    async with client(app) as c:
+        response = await c.get("/v1/chat/completions", headers={"x-http-method-override": "DELETE"})
+    assert response.status_code == 200
+    assert down.received[0].path == "/v1/chat/completions"
