@@ -31,6 +31,7 @@ from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read
 from .cache import DualCache
 from .errors import GuardError, RejectRequest, from_exception, log_exception
 from .hooks import BoundHook, HookSet, HookTimeout, bind_hooks, log_hook_exception
+from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
 from .pipeline import ResponsePipeline
 from .routes import RouteMatch, RouteTable
@@ -188,6 +189,8 @@ class GuardedCall:
         self.call_type = match.call_type
         self.route_params = match.params
         self.data: dict[str, Any] = {}
+        self.content_type = b""
+        self.form: FormBody | None = None
         self.original_data: Mapping[str, Any] = {}
         self.model = match.params.get("deployment", "")
         self.user = UserAPIKeyAuth()
@@ -339,7 +342,9 @@ class GuardedCall:
     async def _read(self) -> bytes:
         limit = self.guard.max_body_bytes
         for name, value in self.scope["headers"]:
-            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            if name == b"content-type":
+                self.content_type = value
+            elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
                 error = GuardError(
                     415,
                     f"Content-Encoding {value.decode('latin-1')!r} is not supported; "
@@ -362,7 +367,11 @@ class GuardedCall:
 
     def _parse(self, body: bytes) -> None:
         try:
-            data = parse_json_object(body)
+            if self.call_type == "audio_transcription" and is_multipart(self.content_type):
+                self.form = parse_form(body, self.content_type)
+                data = self.form.data
+            else:
+                data = parse_json_object(body)
         except GuardError as error:
             raise _Stop(error, error) from None
         self.data = data
@@ -438,14 +447,14 @@ class GuardedCall:
         except Exception as exc:
             raise _Stop(self.outcome(exc, hook, "moderation"), exc) from None
 
-    def _downstream_scope(self, body: bytes) -> Scope:
+    def _downstream_scope(self, body: bytes, content_type: bytes) -> Scope:
         drop_accept_encoding = self.hooks.touches_response
         headers = [
             (name, value)
             for name, value in self.scope["headers"]
             if name not in _FORWARD_DROPPED and not (drop_accept_encoding and name == b"accept-encoding")
         ]
-        headers.append((b"content-type", b"application/json"))
+        headers.append((b"content-type", content_type))
         headers.append((b"content-length", str(len(body)).encode()))
         scope = dict(self.scope)
         scope["headers"] = headers
@@ -456,8 +465,11 @@ class GuardedCall:
         return scope
 
     async def _forward(self, receive: ReplayedReceive) -> None:
-        body = orjson.dumps(self.data)
-        scope = self._downstream_scope(body)
+        if self.form is not None:
+            body, content_type = self.form.encode(self.data)  # edited text fields, the file bytes unchanged
+        else:
+            body, content_type = orjson.dumps(self.data), b"application/json"
+        scope = self._downstream_scope(body, content_type)
         receive.replay(body)
         pipeline = self.pipeline
         if self.hooks.moderation and self.guard.moderate_first:

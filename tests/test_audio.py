@@ -1,0 +1,120 @@
+"""Audio uploads: multipart forms on /audio/transcriptions and /audio/translations (SPEC 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from asgi_llm_guard import LLMHookMiddleware
+
+from .apps import client
+from .audio import make_wav
+
+received: list[dict[str, Any]] = []
+
+
+async def transcribe(request: Request) -> JSONResponse:
+    async with request.form() as form:
+        upload: Any = form["file"]
+        received.append({"fields": {k: v for k, v in form.multi_items() if isinstance(v, str)},
+                         "file": await upload.read(), "filename": upload.filename,
+                         "content_type": request.headers["content-type"]})
+        return JSONResponse({"text": f"transcribed with prompt {form.get('prompt')!r}"})
+
+
+downstream = Starlette(routes=[Route(p, transcribe, methods=["POST"]) for p in
+                              ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/chat/completions")])
+
+
+class RewritePrompt:
+    def __init__(self) -> None:
+        self.seen: list[tuple[dict[str, Any], str]] = []
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+        self.seen.append((dict(data), call_type))
+        data["prompt"] = "Vocabulary: asgi, guard."
+        data["language"] = "en"
+        return data
+
+
+def form(wav: bytes, **fields: Any) -> dict[str, Any]:
+    return {"files": {"file": ("speech.wav", wav, "audio/wav")},
+            "data": {"model": "whisper-1", "prompt": "original", **fields}}
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/translations"])
+async def test_hooks_see_fields_and_file_and_the_app_gets_edited_fields_with_the_same_bytes(path: str) -> None:
+    received.clear()
+    hook = RewritePrompt()
+    wav = make_wav(0.2)
+    async with client(LLMHookMiddleware(downstream, hooks=[hook])) as c:
+        response = await c.post(path, **form(wav, temperature="0.2"))
+    assert response.status_code == 200
+    data, call_type = hook.seen[0]
+    assert call_type == "audio_transcription"
+    assert data == {"model": "whisper-1", "prompt": "original", "temperature": "0.2",
+                    "file": {"filename": "speech.wav", "content_type": "audio/wav", "size": len(wav)}}
+    got = received[0]
+    assert got["fields"] == {"model": "whisper-1", "prompt": "Vocabulary: asgi, guard.", "temperature": "0.2",
+                             "language": "en"}
+    assert got["file"] == wav and got["filename"] == "speech.wav"
+    assert got["content_type"].startswith("multipart/form-data; boundary=")
+
+
+async def test_refused_upload_never_reaches_the_app() -> None:
+    received.clear()
+
+    class Refuse:
+        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+            return "no transcriptions today"
+
+    async with client(LLMHookMiddleware(downstream, hooks=[Refuse()])) as c:
+        response = await c.post("/v1/audio/transcriptions", **form(make_wav()))
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "no transcriptions today"
+    assert received == []
+
+
+async def test_malformed_form_is_a_400() -> None:
+    received.clear()
+    async with client(LLMHookMiddleware(downstream, hooks=[RewritePrompt()])) as c:
+        response = await c.post("/v1/audio/transcriptions", content=b"--xyz\r\nContent-Disposition: form-da",
+                                headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert received == []
+
+
+async def test_upload_over_the_body_limit_is_a_413() -> None:
+    async with client(LLMHookMiddleware(downstream, hooks=[RewritePrompt()], max_body_bytes=2000)) as c:
+        response = await c.post("/v1/audio/transcriptions", **form(make_wav(0.5)))
+    assert response.status_code == 413
+
+
+async def test_multipart_on_a_json_route_is_a_400_not_a_bypass() -> None:
+    received.clear()
+    async with client(LLMHookMiddleware(downstream, hooks=[RewritePrompt()])) as c:
+        response = await c.post("/v1/chat/completions", **form(make_wav()))
+    assert response.status_code == 400
+    assert received == []
+
+
+async def test_json_body_on_the_audio_route_is_still_parsed_as_json() -> None:
+    hook = RewritePrompt()
+
+    async def echo(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=LLMHookMiddleware(echo, hooks=[hook])),
+                                 base_url="http://t") as c:
+        response = await c.post("/v1/audio/transcriptions", json={"model": "whisper-1", "prompt": "p"})
+    assert response.json()["prompt"] == "Vocabulary: asgi, guard."
