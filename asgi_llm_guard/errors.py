@@ -129,6 +129,16 @@ class GuardError(Exception):
         )
 
 
+class Halt(Exception):
+    """Internal: ends a guarded request with ``outcome`` (a refusal or an error); ``original`` is what the
+    failure hooks see."""
+
+    def __init__(self, outcome: RejectRequest | GuardError, original: BaseException) -> None:
+        super().__init__(str(outcome))
+        self.outcome = outcome
+        self.original = original
+
+
 def status_of(exc: BaseException) -> int | None:
     """The integer ``status_code`` an exception carries, if any (``bool`` is not a status)."""
     status = getattr(exc, "status_code", None)

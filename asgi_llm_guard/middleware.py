@@ -29,7 +29,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .auth import UserAPIKeyAuth, default_identity
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large
 from .cache import DualCache
-from .errors import GuardError, RejectRequest, from_exception, log_exception
+from .errors import GuardError, Halt, RejectRequest, from_exception, log_exception
 from .hooks import BoundHook, HookSet, HookTimeout, bind_hooks, log_hook_exception
 from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
@@ -51,15 +51,6 @@ class GuardState:
     call_type: str
     user_api_key_dict: UserAPIKeyAuth
     data: dict[str, Any]
-
-
-class _Stop(Exception):
-    """Ends the request flow with a refusal or an error; ``original`` is what failure hooks see."""
-
-    def __init__(self, outcome: RejectRequest | GuardError, original: BaseException) -> None:
-        super().__init__(str(outcome))
-        self.outcome = outcome
-        self.original = original
 
 
 class LLMHookMiddleware:
@@ -226,6 +217,19 @@ class GuardedCall:
         )
         return GuardError(500, f"{hook.stage} hook {hook.name} failed", stage=hook.stage, hook=hook.name)
 
+    async def run_hook(self, hook: BoundHook, arguments: Mapping[str, Any], stage: str) -> Any:
+        """Call one hook: what it returns, or :class:`Halt` with the outcome of its failure. A timed-out
+        ``fail_open`` hook counts as having returned ``None`` (SPEC 1)."""
+        try:
+            return await hook.call(arguments)
+        except HookTimeout as exc:
+            if hook.fail_open:
+                logger.warning("%s; going on without it (fail_open)", exc)
+                return None
+            raise Halt(self.outcome(exc, hook, stage), exc) from None
+        except Exception as exc:
+            raise Halt(self.outcome(exc, hook, stage), exc) from None
+
     def app_outcome(self, exc: BaseException) -> GuardError:
         error = from_exception(exc)
         if error is not None:
@@ -283,7 +287,7 @@ class GuardedCall:
                     watcher = asyncio.get_running_loop().create_task(self._watch(receive, host))
                 await self._pre_call()
                 await self._forward(receive)
-            except _Stop as stop:
+            except Halt as stop:
                 await self.pipeline.fail(stop.outcome, stop.original)
             except ClientDisconnected as exc:
                 await self.report_failure(exc)
@@ -332,11 +336,11 @@ class GuardedCall:
             if error is None:
                 log_exception("the auth callable", exc, expose=self.guard.expose_hook_errors)
                 error = GuardError(500, "Authentication failed.")
-            raise _Stop(error, exc) from None
+            raise Halt(error, exc) from None
         if not isinstance(user, UserAPIKeyAuth):
             error = GuardError(500, "Authentication failed.")
             logger.error("the auth callable returned %s, not a UserAPIKeyAuth", type(user).__name__)
-            raise _Stop(error, TypeError(error.message))
+            raise Halt(error, TypeError(error.message))
         self.user = user
 
     async def _read(self) -> bytes:
@@ -350,20 +354,20 @@ class GuardedCall:
                     f"Content-Encoding {value.decode('latin-1')!r} is not supported; "
                     "send the body uncompressed.",
                 )
-                raise _Stop(error, error)
+                raise Halt(error, error)
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     bad_length = GuardError(400, "The Content-Length header is not a number.")
-                    raise _Stop(bad_length, bad_length) from None
+                    raise Halt(bad_length, bad_length) from None
                 if declared > limit:
                     oversize = too_large(limit)
-                    raise _Stop(oversize, oversize)
+                    raise Halt(oversize, oversize)
         try:
             return await read_body(self.receive, limit)
         except GuardError as error:
-            raise _Stop(error, error) from None
+            raise Halt(error, error) from None
 
     def _parse(self, body: bytes) -> None:
         try:
@@ -373,7 +377,7 @@ class GuardedCall:
             else:
                 data = parse_json_object(body)
         except GuardError as error:
-            raise _Stop(error, error) from None
+            raise Halt(error, error) from None
         self.data = data
         self.original_data = dict(data)
         model = data.get("model")
@@ -386,7 +390,7 @@ class GuardedCall:
             self.user.end_user_id = user
         if self.guard.enforce_user_param and not (isinstance(user, str) and user):
             missing = GuardError(400, _USER_PARAM_MESSAGE, param="user")
-            raise _Stop(missing, missing)
+            raise Halt(missing, missing)
 
     async def _pre_call(self) -> None:
         args = self.args = {
@@ -397,35 +401,27 @@ class GuardedCall:
             "call_type": self.call_type,
         }
         for hook in self.hooks.pre_call:
-            try:
-                result = await hook.call(args)
-            except HookTimeout as exc:
-                if hook.fail_open:
-                    logger.warning("%s; going on without it (fail_open)", exc)
-                    continue
-                raise _Stop(self.outcome(exc, hook, "pre_call"), exc) from None
-            except Exception as exc:
-                raise _Stop(self.outcome(exc, hook, "pre_call"), exc) from None
+            result = await self.run_hook(hook, args, "pre_call")
             if result is None:
                 continue
             if isinstance(result, dict):
                 self.data = args["data"] = args["request_data"] = result
             elif isinstance(result, str):
                 refusal = RejectRequest(result)
-                raise _Stop(self.outcome(refusal, hook, "pre_call"), refusal)
+                raise Halt(self.outcome(refusal, hook, "pre_call"), refusal)
             elif isinstance(result, Exception):
-                raise _Stop(self.outcome(result, hook, "pre_call"), result)
+                raise Halt(self.outcome(result, hook, "pre_call"), result)
             else:
                 error = self.wrong_type(hook, result, "a dict, None, a str or an exception")
-                raise _Stop(error, TypeError(error.message))
+                raise Halt(error, TypeError(error.message))
 
     async def _moderate(self) -> None:
         hooks = self.hooks.moderation
         if len(hooks) == 1:
-            await self._moderate_one(hooks[0])
+            await self.run_hook(hooks[0], self.args, "moderation")
             return
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._moderate_one(hook)) for hook in hooks]
+        tasks = [loop.create_task(self.run_hook(hook, self.args, "moderation")) for hook in hooks]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in tasks:  # the first failure in hook order decides, as it would run one by one
@@ -435,17 +431,6 @@ class GuardedCall:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _moderate_one(self, hook: BoundHook) -> None:
-        try:
-            await hook.call(self.args)
-        except HookTimeout as exc:
-            if hook.fail_open:
-                logger.warning("%s; going on without it (fail_open)", exc)
-                return
-            raise _Stop(self.outcome(exc, hook, "moderation"), exc) from None
-        except Exception as exc:
-            raise _Stop(self.outcome(exc, hook, "moderation"), exc) from None
 
     def _downstream_scope(self, body: bytes, content_type: bytes) -> Scope:
         drop_accept_encoding = self.hooks.touches_response

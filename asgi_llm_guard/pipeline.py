@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._types import Message, Send
-from .errors import GuardError, RejectRequest, UpstreamError, log_exception
+from .errors import GuardError, Halt, RejectRequest, UpstreamError, log_exception
 from .responses import REFUSED_AS_ANSWER, send_error, send_refusal
 from .streaming import StreamRewriter
 
@@ -233,9 +233,9 @@ class ResponsePipeline:
         for hook in call.hooks.success:
             call.args["response"] = response
             try:
-                result = await hook.call(call.args)
-            except Exception as exc:
-                await self.fail(call.outcome(exc, hook, "post_call"), exc)
+                result = await call.run_hook(hook, call.args, "post_call")
+            except Halt as halt:
+                await self.fail(halt.outcome, halt.original)
                 return
             if result is None:
                 continue

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import GuardError, RejectRequest
+from .errors import GuardError, Halt, RejectRequest
 from .hooks import BoundHook
 from .responses import chat_chunk, responses_closing_events, text_completion
 from .sse import DONE, SSEEvent, SSEParser, encode_event, encode_json
@@ -33,13 +33,6 @@ if TYPE_CHECKING:
 
 _END = None
 _QUEUE_SIZE = 8
-
-
-class _HookFailed(Exception):
-    def __init__(self, outcome: RejectRequest | GuardError, original: BaseException) -> None:
-        super().__init__(str(original))
-        self.outcome = outcome
-        self.original = original
 
 
 def error_events(
@@ -110,7 +103,7 @@ class StreamRewriter:
         try:
             for event in events:
                 out.append(await self._rewrite(event))
-        except _HookFailed as failed:
+        except Halt as failed:
             if self.pipeline.started and out:
                 await self._write(b"".join(out))
             await self.pipeline.fail(failed.outcome, failed.original)
@@ -165,15 +158,12 @@ class StreamRewriter:
         call = self.call
         for hook in self.per_chunk:
             call.args["response"] = chunk
-            try:
-                result = await hook.call(call.args)
-            except Exception as exc:
-                raise _HookFailed(call.outcome(exc, hook, "streaming"), exc) from None
+            result = await call.run_hook(hook, call.args, "streaming")
             if result is None:
                 continue
             if not isinstance(result, dict):
                 error = call.wrong_type(hook, result, "a dict or None")
-                raise _HookFailed(error, TypeError(error.message))
+                raise Halt(error, TypeError(error.message))
             chunk = result
         if self.call.call_type == "responses":
             # Only what goes out counts: a refusal continues the sequence and the text the client has seen.
@@ -212,10 +202,10 @@ class StreamRewriter:
         try:
             async for item in iterator:
                 yield item
-        except _HookFailed:
+        except Halt:
             raise
         except Exception as exc:
-            raise _HookFailed(self.call.outcome(exc, hook, "streaming"), exc) from None
+            raise Halt(self.call.outcome(exc, hook, "streaming"), exc) from None
 
     async def _chain(self) -> Any:
         call = self.call
@@ -227,10 +217,10 @@ class StreamRewriter:
                 if not hasattr(result, "__aiter__") and asyncio.iscoroutine(result):
                     result = await result
             except Exception as exc:
-                raise _HookFailed(call.outcome(exc, hook, "streaming"), exc) from None
+                raise Halt(call.outcome(exc, hook, "streaming"), exc) from None
             if not hasattr(result, "__aiter__"):
                 error = call.wrong_type(hook, result, "an async iterator of chunks")
-                raise _HookFailed(error, TypeError(error.message))
+                raise Halt(error, TypeError(error.message))
             iterator = self._guarded(result, hook)
         return iterator
 
@@ -241,13 +231,13 @@ class StreamRewriter:
                 if not isinstance(chunk, dict):
                     hook = self.iterators[-1]
                     error = self.call.wrong_type(hook, chunk, "dict chunks")
-                    raise _HookFailed(error, TypeError(error.message))
+                    raise Halt(error, TypeError(error.message))
                 chunk = await self._apply_per_chunk(chunk)
                 await self._write(self._encode(chunk, None))
             tail = self.parser.close() + (self._done_event or b"")
             await self.pipeline.emit_start()
             await self.pipeline.emit({"type": "http.response.body", "body": tail, "more_body": False})
-        except _HookFailed as failed:
+        except Halt as failed:
             await self.pipeline.fail(failed.outcome, failed.original)
         finally:
             queue = self._queue

@@ -302,3 +302,20 @@ async def test_downstream_that_never_ends_its_body_is_closed() -> None:
     script = Script(body_messages(orjson.dumps(chat())))
     await app(http_scope(), script.receive, script.send)
     assert script.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_fail_open_success_hook_that_times_out_keeps_the_response() -> None:
+    import asyncio
+
+    class Slow:
+        timeout = 0.05
+        fail_open = True
+
+        async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+            await asyncio.sleep(1)
+
+    app, _ = guarded(Slow())
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Hello from the model"

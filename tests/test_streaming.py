@@ -424,3 +424,19 @@ async def test_responses_stream_refused_midway_closes_with_the_message() -> None
     assert data[5]["text"] == "Sure, [withheld]"
     assert data[-1]["response"]["status"] == "completed"
     assert data[-1]["response"]["id"] == "resp_1"
+
+
+async def test_fail_open_per_chunk_hook_that_times_out_keeps_the_chunk() -> None:
+    class SlowSometimes:
+        timeout = 0.05
+        fail_open = True
+
+        async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+            if response["choices"][0]["delta"].get("content") == "lo":
+                await asyncio.sleep(1)
+            response["choices"][0]["delta"]["content"] = "*"
+            return response
+
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[SlowSometimes()]))
+    chunks = payloads(script.body)
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[:4]] == ["*", "lo", "*", "*"]
