@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import log_exception
+from .errors import RejectRequest, log_exception, status_of
 from .observe import Observer
 
 logger = logging.getLogger("asgi_llm_guard")
@@ -161,6 +161,11 @@ class BoundHook:
             return result
         except HookTimeout:
             outcome = "timeout"
+            raise
+        except Exception as exc:
+            status = status_of(exc)
+            if isinstance(exc, RejectRequest) or (status is not None and status < 500):
+                outcome = "rejected"
             raise
         finally:
             observer.hook_finished(self.stage, self.name, time.perf_counter() - started, outcome)

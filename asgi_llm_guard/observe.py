@@ -22,7 +22,8 @@ class Observer:
         """A guarded request began (its route matched)."""
 
     def hook_finished(self, stage: str, hook: str, seconds: float, outcome: str) -> None:
-        """One hook call ended; ``outcome`` is ``"ok"``, ``"error"`` (it raised) or ``"timeout"``."""
+        """One hook call ended; ``outcome`` is ``"ok"``, ``"rejected"`` (it refused, or raised an exception with a
+        status below 500, as a limiter's 429), ``"error"`` (any other exception) or ``"timeout"``."""
 
     def request_rejected(self, stage: str | None, hook: str | None, status: int, kind: str) -> None:
         """The guard answered instead of the app: ``kind`` is ``"refusal"`` or ``"error"``; ``stage`` and ``hook``
@@ -33,3 +34,7 @@ class Observer:
 
     def request_finished(self, call_type: str, status: int, seconds: float) -> None:
         """A guarded request ended with ``status`` (499: the client left) after ``seconds``."""
+
+    def limiter_rejected(self, limit: str) -> None:
+        """``ParallelRequestLimiter(observer=...)`` turned a request away: ``limit`` is ``"parallel"``, ``"rpm"`` or
+        ``"tpm"``."""

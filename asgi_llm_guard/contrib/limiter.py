@@ -18,11 +18,11 @@ With ``DualCache(redis_url=...)`` the counters live in Redis and every replica s
 
 Parallel slots are counted in windows of ``slot_ttl`` seconds: a request increments the counter of the window it
 starts in, and the admission check adds the neighbouring windows' counters, so requests that straddle a window
-boundary still count and a counter's fixed expiry never drops a slot that is still held. A slot is forgotten
+boundary still count and a counter's fixed expiry never drops a slot younger than ``slot_ttl``. A slot is forgotten
 between ``slot_ttl`` and ``2 * slot_ttl`` seconds after it was taken; keep ``slot_ttl`` above your longest request.
 
 The per-minute windows are fixed (wall-clock minutes), like LiteLLM's. Requests with no identity for ``per`` (no
-API key for ``per="key"``, no ``user`` for ``per="end_user"``, ...) are not limited, as in LiteLLM. The ``auth``
+API key for ``per="key"``, no ``user`` for ``per="end_user"``, ...) are not limited. The ``auth``
 callable must hand out a fresh ``UserAPIKeyAuth`` per request (its ``metadata`` is request-scoped, SPEC 2).
 """
 
