@@ -34,6 +34,7 @@ from .hooks import BoundHook, HookSet, HookTimeout, bind_hooks, log_hook_excepti
 from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
 from .pipeline import ResponsePipeline
+from .responses import requested_format
 from .routes import RouteMatch, RouteTable
 
 logger = logging.getLogger("asgi_llm_guard")
@@ -182,7 +183,7 @@ class GuardedCall:
         self.data: dict[str, Any] = {}
         self.content_type = b""
         self.form: FormBody | None = None
-        self.original_data: Mapping[str, Any] = {}
+        self.stream_requested = self.usage_requested = False  # the format a refusal takes (SPEC 4)
         self.model = match.params.get("deployment", "")
         self.user = UserAPIKeyAuth()
         self.args: dict[str, Any] = {}
@@ -379,7 +380,7 @@ class GuardedCall:
         except GuardError as error:
             raise Halt(error, error) from None
         self.data = data
-        self.original_data = dict(data)
+        self.stream_requested, self.usage_requested = requested_format(data)
         model = data.get("model")
         if isinstance(model, str) and model:
             self.model = model

@@ -292,7 +292,8 @@ class ResponsePipeline:
                     self.emit,
                     outcome.message,
                     call.call_type,
-                    call.original_data,
+                    call.stream_requested,
+                    call.usage_requested,
                     call.model,
                     stage or "pre_call",
                 )

@@ -302,24 +302,21 @@ def responses_refusal_events(message: str, model: str) -> Iterator[bytes]:
 # -- dispatch ------------------------------------------------------------------------------------------------
 
 
-def wants_stream(data: Mapping[str, Any]) -> bool:
-    return data.get("stream") is True
-
-
-def include_usage(data: Mapping[str, Any]) -> bool:
+def requested_format(data: Mapping[str, Any]) -> tuple[bool, bool]:
+    """What the client asked for, read before any hook ran: (``stream``, ``stream_options.include_usage``)."""
     options = data.get("stream_options")
-    return isinstance(options, Mapping) and options.get("include_usage") is True
+    return data.get("stream") is True, isinstance(options, Mapping) and options.get("include_usage") is True
 
 
 async def send_refusal(
-    send: Send, message: str, call_type: str, data: Mapping[str, Any], model: str, stage: str
+    send: Send, message: str, call_type: str, stream: bool, usage: bool, model: str, stage: str
 ) -> None:
     """Answer ``message`` as the client's request asked (SPEC 4); a 400 error for non-answer call types."""
     rejected = [(b"x-llm-guard-rejected", stage.encode())]
     if call_type not in REFUSED_AS_ANSWER:
         await send_error(send, GuardError(400, message), stage)
         return
-    if not wants_stream(data):
+    if not stream:
         if call_type == "completion":
             body = chat_completion(message, model)
         elif call_type == "text_completion":
@@ -329,9 +326,9 @@ async def send_refusal(
         await send_body(send, 200, orjson.dumps(body), _JSON_HEADERS, rejected)
         return
     if call_type == "completion":
-        events = chat_refusal_events(message, model, include_usage(data))
+        events = chat_refusal_events(message, model, usage)
     elif call_type == "text_completion":
-        events = text_refusal_events(message, model, include_usage(data))
+        events = text_refusal_events(message, model, usage)
     else:
         events = responses_refusal_events(message, model)
     await send_body(send, 200, b"".join(events), _SSE_HEADERS, rejected)
