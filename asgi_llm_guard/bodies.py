@@ -2,7 +2,8 @@
 
 The body must be a JSON object whatever the ``Content-Type`` says, because many OpenAI-compatible handlers parse
 it regardless; a body the guard could not parse must never reach such a handler unguarded. What orjson rejects
-(invalid UTF-8, ``NaN``, integers beyond 64 bits, nesting deeper than 1024) is therefore a 400, not a pass-through.
+(invalid UTF-8, ``NaN``/``Infinity``, nesting deeper than 1024, or deeper than the 254 levels it can write back) is
+therefore a 400, not a pass-through. Integers beyond 64 bits are read as floats, by hooks and app alike.
 The app receives the re-serialised ``data``, so hooks and app always agree on every value (duplicate keys
 included: the last one wins for both).
 """
@@ -16,6 +17,8 @@ import orjson
 
 from ._types import Message, Receive
 from .errors import GuardError
+
+_WRITABLE_DEPTH = 254
 
 
 class ClientDisconnected(Exception):
@@ -67,6 +70,13 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise GuardError(400, f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
         raise GuardError(400, f"The request body must be a JSON object, not a JSON {type(data).__name__}.")
+    if body.count(b"{") + body.count(b"[") > _WRITABLE_DEPTH:
+        # orjson reads 1024 levels but writes 254: refuse here what could not be forwarded, before any hook runs.
+        # Only a body with that many brackets can be that deep, so ordinary bodies skip the trial encode.
+        try:
+            orjson.dumps(data)
+        except orjson.JSONEncodeError:
+            raise GuardError(400, "The request body is nested too deeply (more than 254 levels).") from None
     return data
 
 

@@ -231,6 +231,17 @@ class GuardedCall:
         except Exception as exc:
             raise Halt(self.outcome(exc, hook, stage), exc) from None
 
+    def unencodable(self, exc: TypeError, hooks: tuple[BoundHook, ...], stage: str) -> Halt:
+        """What orjson could not write back: nesting deeper than its 254 levels (the client's doing: orjson reads
+        1024) is a 400; anything else is a value a hook put there (a set, an object) and so that hook's 500."""
+        if "Recursion limit" in str(exc) or not hooks:
+            error = GuardError(400, "The request body is nested too deeply (more than 254 levels).")
+        else:
+            hook = hooks[-1]
+            logger.error("%s hook %s left a value that is not JSON: %s", stage, hook.name, exc)
+            error = GuardError(500, f"{stage} hook {hook.name} failed", stage=stage, hook=hook.name)
+        return Halt(error, exc)
+
     def app_outcome(self, exc: BaseException) -> GuardError:
         error = from_exception(exc)
         if error is not None:
@@ -451,10 +462,13 @@ class GuardedCall:
         return scope
 
     async def _forward(self, receive: ReplayedReceive) -> None:
-        if self.form is not None:
-            body, content_type = self.form.encode(self.data)  # edited text fields, the file bytes unchanged
-        else:
-            body, content_type = orjson.dumps(self.data), b"application/json"
+        try:
+            if self.form is not None:
+                body, content_type = self.form.encode(self.data)  # edited text fields, the file bytes unchanged
+            else:
+                body, content_type = orjson.dumps(self.data), b"application/json"
+        except TypeError as exc:
+            raise self.unencodable(exc, self.hooks.pre_call, "pre_call") from None
         scope = self._downstream_scope(body, content_type)
         receive.replay(body)
         pipeline = self.pipeline

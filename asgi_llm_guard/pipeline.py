@@ -245,7 +245,12 @@ class ResponsePipeline:
                 await self.fail(error, TypeError(error.message))
                 return
             response = replacement
-        body = orjson.dumps(response)
+        try:
+            body = orjson.dumps(response)
+        except TypeError as exc:
+            stop = call.unencodable(exc, call.hooks.success, "post_call")
+            await self.fail(stop.outcome, stop.original)
+            return
         start = self._start
         headers = self._held_headers((b"content-length", b"content-encoding"))
         headers.append((b"content-length", str(len(body)).encode()))
@@ -316,6 +321,8 @@ class ResponsePipeline:
     async def finish_after_app(self, exc: BaseException | None) -> None:
         """Leave the client with a complete response after the app returned or raised ``exc``."""
         if exc is not None and not isinstance(exc, ResponseClosed):
+            if self.stream is not None:
+                await self.stream.close()  # its consumer must not write between our error's start and body
             if not self.done:
                 log_exception("the downstream app", exc, expose=self.call.guard.expose_hook_errors)
                 outcome = self.call.app_outcome(exc)

@@ -10,6 +10,7 @@ inject SSE frames; header values are never built from messages.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -37,18 +38,22 @@ def _id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
 def _encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    """An exception's headers as ASGI headers, leaving out any that could split the response (CR, LF, NUL) or
-    that HTTP cannot carry (non-latin-1): a hook's ``Retry-After: "1\r\nX-Injected: yes"`` must not inject."""
+    """An exception's headers as ASGI headers, keeping only what HTTP allows (RFC 9110 5.1, 5.5): a name that is
+    a token, a value of visible characters, spaces and tabs. Anything else (``"1\r\nX-Injected: yes"``, other
+    control characters, text beyond latin-1) is dropped with a warning, so a hook cannot split the response or
+    make the server refuse it."""
     encoded = []
     for name, value in headers.items():
-        if any(c in name or c in value for c in "\r\n\0") or not name.strip() or ":" in name:
-            logger.warning("dropped response header %r: it holds characters HTTP headers cannot carry", name[:40])
-            continue
-        try:
-            encoded.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
-        except UnicodeEncodeError:
-            logger.warning("dropped response header %r: it is not latin-1", name[:40])
+        name, value = str(name).strip(), str(value).strip()
+        if _TOKEN.fullmatch(name) and _FIELD_VALUE.fullmatch(value):  # both only admit latin-1 code points
+            encoded.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        else:
+            logger.warning("dropped response header %r: HTTP headers cannot carry it", name[:40])
     return encoded
 
 

@@ -77,6 +77,7 @@ class StreamRewriter:
         self.text = ""
         self._queue: asyncio.Queue[SSEEvent | None] | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._emitting = asyncio.Lock()  # held by the consumer task while it sends
         self._done_event: bytes | None = None
 
     # -- input -------------------------------------------------------------------------------------------
@@ -171,10 +172,13 @@ class StreamRewriter:
         return chunk
 
     def _encode(self, chunk: dict[str, Any], event: SSEEvent | None) -> bytes:
-        if event is not None:
-            return encode_event(orjson.dumps(chunk), event=event.event, id=event.id)
-        name = chunk.get("type") if self.named else None
-        return encode_json(chunk, event=name if isinstance(name, str) else None)
+        try:
+            if event is not None:
+                return encode_event(orjson.dumps(chunk), event=event.event, id=event.id)
+            name = chunk.get("type") if self.named else None
+            return encode_json(chunk, event=name if isinstance(name, str) else None)
+        except TypeError as exc:
+            raise self.call.unencodable(exc, self.per_chunk or self.iterators, "streaming") from None
 
     async def _rewrite(self, event: SSEEvent) -> bytes:
         chunk = self._parse(event)
@@ -196,7 +200,8 @@ class StreamRewriter:
             elif event.is_done:
                 self._done_event = event.raw  # [DONE] goes last, after whatever the hooks still yield
             else:
-                await self._write(event.raw)
+                async with self._emitting:
+                    await self._write(event.raw)
 
     async def _guarded(self, iterator: Any, hook: BoundHook) -> AsyncIterator[Any]:
         try:
@@ -233,12 +238,16 @@ class StreamRewriter:
                     error = self.call.wrong_type(hook, chunk, "dict chunks")
                     raise Halt(error, TypeError(error.message))
                 chunk = await self._apply_per_chunk(chunk)
-                await self._write(self._encode(chunk, None))
-            tail = self.parser.close() + (self._done_event or b"")
-            await self.pipeline.emit_start()
-            await self.pipeline.emit({"type": "http.response.body", "body": tail, "more_body": False})
+                encoded = self._encode(chunk, None)
+                async with self._emitting:
+                    await self._write(encoded)
+            tail = (self._done_event or b"") + self.parser.close()  # the unterminated tail came after [DONE]
+            async with self._emitting:
+                await self.pipeline.emit_start()
+                await self.pipeline.emit({"type": "http.response.body", "body": tail, "more_body": False})
         except Halt as failed:
-            await self.pipeline.fail(failed.outcome, failed.original)
+            async with self._emitting:
+                await self.pipeline.fail(failed.outcome, failed.original)
         finally:
             queue = self._queue
             while queue is not None and not queue.empty():  # wake a producer blocked on a full queue
@@ -296,7 +305,8 @@ class StreamRewriter:
     async def close(self) -> None:
         """Cancel the consumer task, if the request ends before it did."""
         consumer = self._consumer
-        if consumer is not None and not consumer.done():
-            consumer.cancel()
+        if consumer is not None and not consumer.done() and consumer is not asyncio.current_task():
+            async with self._emitting:  # never cancel it halfway through a send: the client would miss a message
+                consumer.cancel()
             with contextlib.suppress(BaseException):
                 await consumer
