@@ -47,22 +47,24 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_from_header(name: bytes, value: bytes) -> bytes | None:
+    """The key an ``Authorization: Bearer …``, ``api-key`` or ``x-api-key`` header presents, if any."""
+    if name == b"authorization":
+        scheme, _, credentials = value.partition(b" ")
+        return credentials.strip() or None if scheme.lower() == b"bearer" else None
+    return value.strip() or None
+
+
 def _presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
-    bearer = api_key = x_api_key = None
+    found: dict[bytes, bytes | None] = {}
     for name, value in headers:
-        if name == b"authorization":
-            scheme, _, credentials = value.partition(b" ")
-            if scheme.lower() == b"bearer" and credentials.strip():
-                bearer = credentials.strip()
-        elif name == b"api-key":
-            api_key = value.strip() or None
-        elif name == b"x-api-key":
-            x_api_key = value.strip() or None
-    key = bearer or api_key or x_api_key
+        if name in (b"authorization", b"api-key", b"x-api-key"):
+            found[name] = key_from_header(name, value)
+    key = found.get(b"authorization") or found.get(b"api-key") or found.get(b"x-api-key")
     return key.decode("latin-1") if key else None
 
 
-def _scope_user_id(scope: Scope) -> str | None:
+def scope_user_id(scope: Scope) -> str | None:
     """The id an authentication middleware left in ``scope["user"]`` (Starlette's ``BaseUser`` or a string)."""
     user = scope.get("user")
     if user is None:
@@ -85,4 +87,4 @@ def default_identity(scope: Scope) -> UserAPIKeyAuth:
     """Identity from the request alone: the hashed key of ``Authorization: Bearer``, ``api-key`` or
     ``x-api-key``, and ``user_id`` from ``scope["user"]``. A missing key is not an error."""
     key = _presented_key(scope.get("headers") or [])
-    return UserAPIKeyAuth(api_key=hash_key(key) if key else None, user_id=_scope_user_id(scope))
+    return UserAPIKeyAuth(api_key=hash_key(key) if key else None, user_id=scope_user_id(scope))

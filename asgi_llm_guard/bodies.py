@@ -94,7 +94,7 @@ class ReplayedReceive:
         self._receive = receive
         self._pending: Message | None = None
         self._disconnect: Message | None = None
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None  # made on first need: most requests never wait for a disconnect
 
     def replay(self, body: bytes) -> None:
         """The body the app's first ``receive()`` returns."""
@@ -110,6 +110,8 @@ class ReplayedReceive:
     async def disconnected(self) -> Message:
         if self._disconnect is not None:
             return self._disconnect
+        if self._lock is None:
+            self._lock = asyncio.Lock()
         async with self._lock:
             while self._disconnect is None:
                 message = await self._receive()

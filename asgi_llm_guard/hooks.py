@@ -16,7 +16,8 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from .errors import RejectRequest, log_exception, status_of
@@ -123,11 +124,32 @@ class BoundHook:
     name: str  # the hook's class name, used in error messages and logs
     method_name: str
     method: Callable[..., Any]
-    keywords: tuple[tuple[str, str], ...]  # (parameter, argument) pairs; empty when positional
-    positional: tuple[str, ...]  # arguments passed by position, when the names could not be matched
+    keywords: tuple[tuple[str, str], ...]  # (parameter, argument) pairs, when not passed by position
+    positional: tuple[str, ...]  # the arguments passed by position, in order
     timeout: float | None
     fail_open: bool
     observer: Observer | None = None
+    is_async: bool = field(init=False)
+    _arguments: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Worked out once: these run for every request (and every streamed chunk).
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.method))
+        getter: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
+        if len(self.positional) > 1:
+            getter = itemgetter(*self.positional)
+        elif len(self.positional) == 1:
+            only = self.positional[0]
+
+            def getter(arguments: Mapping[str, Any]) -> tuple[Any, ...]:
+                return (arguments[only],)
+
+        elif not self.keywords:
+
+            def getter(arguments: Mapping[str, Any]) -> tuple[Any, ...]:
+                return ()
+
+        object.__setattr__(self, "_arguments", getter)
 
     @property
     def stage(self) -> str:
@@ -135,8 +157,8 @@ class BoundHook:
 
     def invoke(self, arguments: Mapping[str, Any]) -> Any:
         """Call the method; returns whatever it returns (an awaitable for async methods)."""
-        if self.positional:
-            return self.method(*[arguments[name] for name in self.positional])
+        if self._arguments is not None:
+            return self.method(*self._arguments(arguments))
         return self.method(**{parameter: arguments[source] for parameter, source in self.keywords})
 
     async def call(self, arguments: Mapping[str, Any]) -> Any:
@@ -144,7 +166,7 @@ class BoundHook:
         if self.observer is not None:
             return await self._observed(arguments, self.observer)
         result = self.invoke(arguments)
-        if not inspect.isawaitable(result):
+        if not self.is_async and not inspect.isawaitable(result):
             return result
         if self.timeout is None:
             return await result
@@ -252,6 +274,14 @@ def _plan(
         if takes_var_keyword:
             named = {source for _, source in keywords}
             keywords.extend((name, name) for name in offered if name not in named)
+            return tuple(keywords), ()
+        leading = [p.name for p in signature.parameters.values()][: len(keywords)]
+        kinds = {p.name: p.kind for p in signature.parameters.values()}
+        if [name for name, _ in keywords] == leading and all(
+            kinds[name] is inspect.Parameter.POSITIONAL_OR_KEYWORD for name in leading
+        ):
+            # The matched parameters lead the signature: pass them by position, the cheapest call there is.
+            return (), tuple(source for _, source in keywords)
         return tuple(keywords), ()
     positional_params = [
         p

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .auth import UserAPIKeyAuth, default_identity
+from .auth import UserAPIKeyAuth, hash_key, key_from_header, scope_user_id
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large
 from .cache import DualCache
 from .errors import GuardError, Halt, RejectRequest, from_exception, log_exception
@@ -42,6 +42,11 @@ logger = logging.getLogger("asgi_llm_guard")
 MiB = 1024 * 1024
 AuthCallable = Callable[[Scope], Awaitable[UserAPIKeyAuth]]
 _FORWARD_DROPPED = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"content-encoding"})
+_KEY_HEADERS = {b"authorization": 0, b"api-key": 1, b"x-api-key": 2}  # where a key may be, in precedence order
+#: Seconds a guarded request runs before a task starts watching for its client's disconnect.
+_WATCH_AFTER = 0.02
+#: Stands in until the identity is known (a failure before that reports an empty identity).
+_NO_USER = UserAPIKeyAuth()
 _USER_PARAM_MESSAGE = "'user' param not passed in. 'enforce_user_param'=True"
 
 
@@ -171,6 +176,12 @@ def _overridden_to_write(scope: Scope) -> bool:
 class GuardedCall:
     """The state and flow of one guarded request; never shared between requests."""
 
+    __slots__ = (
+        "guard", "hooks", "scope", "receive", "call_type", "route_params", "data", "content_type", "form",
+        "stream_requested", "usage_requested", "model", "user", "args", "pipeline", "forwarded_headers",
+        "_header_error", "_presented_key", "_failure_reported", "_client_gone", "_active", "_watcher",
+    )
+
     def __init__(
         self, guard: LLMHookMiddleware, scope: Scope, receive: Receive, send: Send, match: RouteMatch
     ) -> None:
@@ -181,16 +192,55 @@ class GuardedCall:
         self.call_type = match.call_type
         self.route_params = match.params
         self.data: dict[str, Any] = {}
-        self.content_type = b""
         self.form: FormBody | None = None
         self.stream_requested = self.usage_requested = False  # the format a refusal takes (SPEC 4)
         self.model = match.params.get("deployment", "")
-        self.user = UserAPIKeyAuth()
+        self.user = _NO_USER
         self.args: dict[str, Any] = {}
         self.pipeline = ResponsePipeline(self, send)
         self._failure_reported = False
         self._client_gone = False
         self._active = True
+        self._watcher: asyncio.Task[None] | None = None
+        self._scan_headers()
+
+    def _scan_headers(self) -> None:
+        """One pass over the request headers: what the guard needs from them, and the ones the app gets."""
+        limit = self.guard.max_body_bytes
+        drop_accept_encoding = self.hooks.touches_response
+        forwarded = []
+        content_type = b""
+        key: bytes | None = None
+        key_rank = len(_KEY_HEADERS)
+        error: GuardError | None = None
+        for header in self.scope["headers"]:
+            name, value = header
+            if name in _FORWARD_DROPPED:
+                if name == b"content-type":
+                    content_type = value
+                elif name == b"content-length":
+                    if not value.strip().isdigit():
+                        error = error or GuardError(400, "The Content-Length header is not a number.")
+                    elif int(value) > limit:
+                        error = error or too_large(limit)
+                elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                    error = GuardError(
+                        415,
+                        f"Content-Encoding {value.decode('latin-1')!r} is not supported; send the body uncompressed.",
+                    )
+                continue
+            rank = _KEY_HEADERS.get(name)
+            if rank is not None:
+                found = key_from_header(name, value)
+                if found and rank < key_rank:  # Bearer, then api-key, then x-api-key, whatever their order
+                    key, key_rank = found, rank
+            elif drop_accept_encoding and name == b"accept-encoding":
+                continue
+            forwarded.append(header)
+        self.forwarded_headers = forwarded
+        self.content_type = content_type
+        self._presented_key = key
+        self._header_error = error
 
     # -- outcomes ----------------------------------------------------------------------------------------
 
@@ -284,11 +334,11 @@ class GuardedCall:
 
     async def run(self) -> None:
         host = asyncio.current_task()
-        watcher: asyncio.Task[None] | None = None
         observer = self.guard.observer
         started = time.perf_counter()
         if observer is not None:
             observer.request_started(self.call_type)
+        timer: asyncio.TimerHandle | None = None
         try:
             try:
                 await self._identify()
@@ -296,7 +346,9 @@ class GuardedCall:
                 self._parse(body)
                 receive = ReplayedReceive(self.receive)
                 if host is not None:
-                    watcher = asyncio.get_running_loop().create_task(self._watch(receive, host))
+                    # Watching for a disconnect costs a task; a request that is over within _WATCH_AFTER never
+                    # needs one, so the watch starts only for those still running then (SPEC 6).
+                    timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._start_watch, receive, host)
                 await self._pre_call()
                 await self._forward(receive)
             except Halt as stop:
@@ -312,9 +364,12 @@ class GuardedCall:
                 await self.report_failure(ClientDisconnected())
         finally:
             self._active = False
-            if watcher is not None:
-                watcher.cancel()
-            await self.pipeline.close()
+            if timer is not None:
+                timer.cancel()
+            if self._watcher is not None:
+                self._watcher.cancel()
+            if self.pipeline.stream is not None:
+                await self.pipeline.close()
             if self.hooks.complete or observer is not None:
                 status = 499 if self._client_gone else self.pipeline.status
                 await self._complete(status)
@@ -329,6 +384,10 @@ class GuardedCall:
             except Exception as exc:
                 log_hook_exception(hook, exc, self.guard.expose_hook_errors)
 
+    def _start_watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
+        if self._active:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(receive, host))
+
     async def _watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
         """Cancel the request when the client leaves before its response ended (SPEC 6)."""
         await receive.disconnected()
@@ -339,7 +398,10 @@ class GuardedCall:
     async def _identify(self) -> None:
         auth = self.guard.auth
         if auth is None:
-            self.user = default_identity(self.scope)
+            key = self._presented_key
+            self.user = UserAPIKeyAuth(
+                api_key=hash_key(key.decode("latin-1")) if key else None, user_id=scope_user_id(self.scope)
+            )
             return
         try:
             user = await auth(self.scope)
@@ -356,28 +418,10 @@ class GuardedCall:
         self.user = user
 
     async def _read(self) -> bytes:
-        limit = self.guard.max_body_bytes
-        for name, value in self.scope["headers"]:
-            if name == b"content-type":
-                self.content_type = value
-            elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
-                error = GuardError(
-                    415,
-                    f"Content-Encoding {value.decode('latin-1')!r} is not supported; "
-                    "send the body uncompressed.",
-                )
-                raise Halt(error, error)
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    bad_length = GuardError(400, "The Content-Length header is not a number.")
-                    raise Halt(bad_length, bad_length) from None
-                if declared > limit:
-                    oversize = too_large(limit)
-                    raise Halt(oversize, oversize)
+        if self._header_error is not None:
+            raise Halt(self._header_error, self._header_error)
         try:
-            return await read_body(self.receive, limit)
+            return await read_body(self.receive, self.guard.max_body_bytes)
         except GuardError as error:
             raise Halt(error, error) from None
 
@@ -445,12 +489,7 @@ class GuardedCall:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _downstream_scope(self, body: bytes, content_type: bytes) -> Scope:
-        drop_accept_encoding = self.hooks.touches_response
-        headers = [
-            (name, value)
-            for name, value in self.scope["headers"]
-            if name not in _FORWARD_DROPPED and not (drop_accept_encoding and name == b"accept-encoding")
-        ]
+        headers = self.forwarded_headers
         headers.append((b"content-type", content_type))
         headers.append((b"content-length", str(len(body)).encode()))
         scope = dict(self.scope)

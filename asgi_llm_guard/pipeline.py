@@ -43,6 +43,13 @@ class ResponseClosed(Exception):
     """Raised into the downstream app when it sends after the response to the client has ended."""
 
 
+def _content_type(start: Message) -> bytes:
+    for name, value in start.get("headers", ()):
+        if name.lower() == b"content-type":
+            return bytes(value)
+    return b""
+
+
 def _is_json(content_type: bytes) -> bool:
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == b"application/json" or media.endswith(b"+json")
@@ -70,13 +77,19 @@ def _decode(body: bytes, encoding: bytes) -> bytes | None:
 class ResponsePipeline:
     """The downstream app's ``send`` for one guarded request."""
 
+    __slots__ = (
+        "call", "_send", "status", "started", "done", "_passing", "_app_started", "_app_done", "_held",
+        "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream",
+    )
+
     def __init__(self, call: GuardedCall, send: Send) -> None:
         self.call = call
         self._send = send
         self.status = 500  # what the client was sent; 500 until a start goes out
         self.started = False  # http.response.start went to the client
         self.done = False  # the final body went to the client
-        self.is_sse = False
+        self._passing = False  # bodies go straight to the client: the fast path of send()
+        self._sent_start: Message | None = None
         self._app_started = False
         self._app_done = False
         self._held: list[Message] | None = None
@@ -88,11 +101,17 @@ class ResponsePipeline:
 
     # -- to the client -----------------------------------------------------------------------------------
 
+    @property
+    def is_sse(self) -> bool:
+        """Whether the response that went out is an event stream (only asked when something went wrong)."""
+        return self._sent_start is not None and _is_sse(_content_type(self._sent_start))
+
     async def emit(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
             self.status = message["status"]
+            self._sent_start = message
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.done = True
         await self._send(message)
@@ -122,6 +141,7 @@ class ResponsePipeline:
             await self._process(held[index])
             index += 1
         self._held = None
+        self._passing = self._mode == _PASS and self.started and not self.done
 
     def drop(self) -> None:
         """Forget what the app sent; it never reaches the client (a moderation hook rejected)."""
@@ -130,6 +150,13 @@ class ResponsePipeline:
     # -- from the app ------------------------------------------------------------------------------------
 
     async def send(self, message: Message) -> None:
+        if self._passing and message["type"] == "http.response.body":
+            # The common case, every chunk of a stream no hook reads: straight through, two checks.
+            if not message.get("more_body", False):
+                self._passing = False
+                self._app_done = self.done = True
+            await self._send(message)
+            return
         if self.done or self._app_done:
             raise ResponseClosed("the response has already ended")
         kind = message["type"]
@@ -180,26 +207,23 @@ class ResponsePipeline:
     async def _on_start(self, message: Message) -> None:
         status = message["status"]
         hooks = self.call.hooks
-        content_type = b""
-        for name, value in message.get("headers", ()):
-            if name.lower() == b"content-type":
-                content_type = value
-                break
-        self.is_sse = _is_sse(content_type)
         if status >= 400:
             if hooks.failure:
                 self._mode, self._start = _UPSTREAM_ERROR, message
                 return
-        elif self.is_sse:
-            if hooks.streaming or hooks.streaming_iterator:
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"content-length"]
-                self._mode, self._start = _STREAM, {**message, "headers": headers}
-                self.stream = StreamRewriter(self.call, self)
+        elif hooks.touches_response:
+            content_type = _content_type(message)
+            if _is_sse(content_type):
+                if hooks.streaming or hooks.streaming_iterator:
+                    headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"content-length"]
+                    self._mode, self._start = _STREAM, {**message, "headers": headers}
+                    self.stream = StreamRewriter(self.call, self)
+                    return
+            elif hooks.success and 200 <= status < 300 and _is_json(content_type):
+                self._mode, self._start = _SUCCESS, message
                 return
-        elif hooks.success and 200 <= status < 300 and _is_json(content_type):
-            self._mode, self._start = _SUCCESS, message
-            return
         await self.emit(message)
+        self._passing = self._held is None
 
     # -- buffered endings --------------------------------------------------------------------------------
 

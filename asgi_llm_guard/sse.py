@@ -81,6 +81,17 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Add ``chunk`` and return the events it completes, in order (often none, often one)."""
         buf = self._buf
+        if (
+            not buf
+            and not self._bom
+            and chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        ):
+            # What LLM streams send nearly always: one whole `data:` event per chunk, nothing pending. The state
+            # between events is clean (an empty buffer means no partial event), so no scan is needed.
+            return [SSEEvent(chunk, chunk[6:-2])]
         buf += chunk
         if self._cr or self._bom:
             chunk = self._prelude(chunk)

@@ -256,8 +256,10 @@ class StreamRewriter:
     # -- output ------------------------------------------------------------------------------------------
 
     async def _write(self, body: bytes) -> None:
-        await self.pipeline.emit_start()
-        await self.pipeline.emit({"type": "http.response.body", "body": body, "more_body": True})
+        pipeline = self.pipeline
+        if not pipeline.started:
+            await pipeline.emit_start()
+        await pipeline.emit({"type": "http.response.body", "body": body, "more_body": True})
 
     async def end_with(self, outcome: RejectRequest | GuardError) -> None:
         """End a stream that has started with a refusal or an error (SPEC 4 and 5)."""
