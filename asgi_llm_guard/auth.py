@@ -42,9 +42,22 @@ class UserAPIKeyAuth:
         return self.api_key
 
 
+_HASHED: dict[str, str] = {}
+_HASHED_LIMIT = 1024
+
+
 def hash_key(key: str) -> str:
-    """SHA-256 hex of an API key, the only form in which a key is kept."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    """SHA-256 hex of an API key, the form in which hooks see it (``hash_key("sk-1")[:8] == "0f2c10bf"``).
+
+    A service sees the same few keys again and again, so digests are remembered (a bounded table, reset when
+    full); the table lives in process memory only, where the keys already are, and is never logged.
+    """
+    digest = _HASHED.get(key)
+    if digest is None:
+        if len(_HASHED) >= _HASHED_LIMIT:
+            _HASHED.clear()
+        digest = _HASHED[key] = hashlib.sha256(key.encode()).hexdigest()
+    return digest
 
 
 def key_from_header(name: bytes, value: bytes) -> bytes | None:

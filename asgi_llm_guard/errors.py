@@ -129,6 +129,10 @@ class GuardError(Exception):
         )
 
 
+class ResponseClosed(Exception):
+    """Raised into the downstream app when it sends after the response to the client has ended."""
+
+
 class Halt(Exception):
     """Internal: ends a guarded request with ``outcome`` (a refusal or an error); ``original`` is what the
     failure hooks see."""

@@ -130,6 +130,8 @@ class LLMHookMiddleware:
         self.cache = cache if cache is not None else DualCache()
         self.moderate_first = moderation == "before"
         self.expose_hook_errors = expose_hook_errors
+        self.disconnects = DisconnectWatch()
+        self.plain_responses = not (self.hooks.touches_response or self.hooks.failure)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,6 +163,48 @@ class LLMHookMiddleware:
         await self.app(scope, receive, send_closing_cache)
 
 
+class DisconnectWatch:
+    """Starts a disconnect watcher for each guarded request still running ``_WATCH_AFTER`` seconds after its
+    body was read (SPEC 6: a client that leaves cancels the app and any running hook).
+
+    Watching costs a task per request, and most guarded requests are over long before a client could leave,
+    so requests only register here (a dict insert) and one timer per middleware, armed while any is pending,
+    starts watchers for those that outlive the delay. A timer is not a task: no task outlives its request.
+    """
+
+    __slots__ = ("_due", "_timer", "_loop")
+
+    def __init__(self) -> None:
+        self._due: dict[GuardedCall, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, call: GuardedCall) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a middleware can outlive an event loop (tests, reloads)
+            self._due, self._timer, self._loop = {}, None, loop
+        self._due[call] = loop.time() + _WATCH_AFTER
+        if self._timer is None:
+            self._timer = loop.call_later(_WATCH_AFTER, self._fire)
+
+    def discard(self, call: GuardedCall) -> None:
+        self._due.pop(call, None)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        due = self._due
+        while due:  # insertion order is deadline order: every request waits the same delay
+            call, when = next(iter(due.items()))
+            if when > now:
+                self._timer = loop.call_at(when, self._fire)
+                return
+            del due[call]
+            call.start_watch()
+
+
 _METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
 
@@ -180,6 +224,7 @@ class GuardedCall:
         "guard", "hooks", "scope", "receive", "call_type", "route_params", "data", "content_type", "form",
         "stream_requested", "usage_requested", "model", "user", "args", "pipeline", "forwarded_headers",
         "_header_error", "_presented_key", "_failure_reported", "_client_gone", "_active", "_watcher",
+        "_watch_args", "plain_response",
     )
 
     def __init__(
@@ -202,6 +247,8 @@ class GuardedCall:
         self._client_gone = False
         self._active = True
         self._watcher: asyncio.Task[None] | None = None
+        self._watch_args: tuple[ReplayedReceive, asyncio.Task[Any]] | None = None
+        self.plain_response = guard.plain_responses  # no hook reads the response, whatever its status
         self._scan_headers()
 
     def _scan_headers(self) -> None:
@@ -338,19 +385,23 @@ class GuardedCall:
         started = time.perf_counter()
         if observer is not None:
             observer.request_started(self.call_type)
-        timer: asyncio.TimerHandle | None = None
+        watching = False
         try:
             try:
                 await self._identify()
                 body = await self._read()
                 self._parse(body)
+                del body  # the parsed data is what counts now; a body at the size limit must not be held twice
                 receive = ReplayedReceive(self.receive)
                 if host is not None:
-                    # Watching for a disconnect costs a task; a request that is over within _WATCH_AFTER never
-                    # needs one, so the watch starts only for those still running then (SPEC 6).
-                    timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._start_watch, receive, host)
-                await self._pre_call()
-                await self._forward(receive)
+                    self._watch_args = (receive, host)
+                    self.guard.disconnects.add(self)
+                    watching = True
+                refused = await self._pre_call()
+                if refused is None:
+                    await self._forward(receive)
+                else:
+                    await self.pipeline.fail(refused.outcome, refused.original)
             except Halt as stop:
                 await self.pipeline.fail(stop.outcome, stop.original)
             except ClientDisconnected as exc:
@@ -364,17 +415,29 @@ class GuardedCall:
                 await self.report_failure(ClientDisconnected())
         finally:
             self._active = False
-            if timer is not None:
-                timer.cancel()
+            if watching:
+                self.guard.disconnects.discard(self)
             if self._watcher is not None:
                 self._watcher.cancel()
-            if self.pipeline.stream is not None:
-                await self.pipeline.close()
+            pipeline = self.pipeline
+            if pipeline.stream is not None:
+                await pipeline.close()
             if self.hooks.complete or observer is not None:
-                status = 499 if self._client_gone else self.pipeline.status
+                status = 499 if self._client_gone else pipeline.status
                 await self._complete(status)
                 if observer is not None:
                     observer.request_finished(self.call_type, status, time.perf_counter() - started)
+            self._end()
+
+    def _end(self) -> None:
+        """Drop the references that tie this request's objects into cycles (the pipeline and its stream point
+        back here, exceptions' tracebacks to frames that point here), so plain reference counting frees them as
+        the request ends instead of the garbage collector, whose pauses showed in the tail latency."""
+        self.pipeline.call = None  # type: ignore[assignment]
+        self.pipeline.stream = None
+        self.args = {}
+        self._watcher = None
+        self._watch_args = None
 
     async def _complete(self, status: int) -> None:
         arguments = {"request_data": self.data, "user_api_key_dict": self.user, "status_code": status}
@@ -384,8 +447,10 @@ class GuardedCall:
             except Exception as exc:
                 log_hook_exception(hook, exc, self.guard.expose_hook_errors)
 
-    def _start_watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
-        if self._active:
+    def start_watch(self) -> None:
+        """Called by the middleware's :class:`DisconnectWatch` for a request still running after a while."""
+        if self._active and self._watch_args is not None:
+            receive, host = self._watch_args
             self._watcher = asyncio.get_running_loop().create_task(self._watch(receive, host))
 
     async def _watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
@@ -448,7 +513,9 @@ class GuardedCall:
             missing = GuardError(400, _USER_PARAM_MESSAGE, param="user")
             raise Halt(missing, missing)
 
-    async def _pre_call(self) -> None:
+    async def _pre_call(self) -> Halt | None:
+        """Run the pre-call hooks; a refusal (a returned string) comes back as a :class:`Halt`, not raised: it
+        is an answer, not an accident, and raising costs more than the refusal itself."""
         args = self.args = {
             "user_api_key_dict": self.user,
             "cache": self.guard.cache,
@@ -464,12 +531,13 @@ class GuardedCall:
                 self.data = args["data"] = args["request_data"] = result
             elif isinstance(result, str):
                 refusal = RejectRequest(result)
-                raise Halt(self.outcome(refusal, hook, "pre_call"), refusal)
+                return Halt(self.outcome(refusal, hook, "pre_call"), refusal)
             elif isinstance(result, Exception):
                 raise Halt(self.outcome(result, hook, "pre_call"), result)
             else:
                 error = self.wrong_type(hook, result, "a dict, None, a str or an exception")
                 raise Halt(error, TypeError(error.message))
+        return None
 
     async def _moderate(self) -> None:
         hooks = self.hooks.moderation

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._types import Message, Send
-from .errors import GuardError, Halt, RejectRequest, UpstreamError, log_exception
+from .errors import GuardError, Halt, RejectRequest, ResponseClosed, UpstreamError, log_exception
 from .responses import REFUSED_AS_ANSWER, send_error, send_refusal
 from .streaming import StreamRewriter
 
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgi_llm_guard")
 
 _PASS, _SUCCESS, _UPSTREAM_ERROR, _STREAM = range(4)
-
-
-class ResponseClosed(Exception):
-    """Raised into the downstream app when it sends after the response to the client has ended."""
 
 
 def _content_type(start: Message) -> bytes:
@@ -160,6 +156,15 @@ class ResponsePipeline:
         if self.done or self._app_done:
             raise ResponseClosed("the response has already ended")
         kind = message["type"]
+        if kind == "http.response.start" and self.call.plain_response and self._held is None:
+            # No hook reads responses and nothing is held: the start goes out as it is.
+            if self._app_started:
+                raise RuntimeError("ASGI: http.response.start sent twice")
+            self._app_started = self.started = self._passing = True
+            self.status = message["status"]
+            self._sent_start = message
+            await self._send(message)
+            return
         if kind == "http.response.start":
             if self._app_started:
                 raise RuntimeError("ASGI: http.response.start sent twice")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import GuardError, Halt, RejectRequest
+from .errors import GuardError, Halt, RejectRequest, ResponseClosed
 from .hooks import BoundHook
 from .responses import chat_chunk, responses_closing_events, text_completion
 from .sse import DONE, SSEEvent, SSEParser, encode_event, encode_json
@@ -78,14 +78,13 @@ class StreamRewriter:
         self._queue: asyncio.Queue[SSEEvent | None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._emitting = asyncio.Lock()  # held by the consumer task while it sends
+        self._generators: list[Any] = []  # the iterator chain, to close when the stream ends
         self._done_event: bytes | None = None
 
     # -- input -------------------------------------------------------------------------------------------
 
     async def feed(self, body: bytes, more: bool) -> None:
         """Called for each body message the app sends."""
-        from .pipeline import ResponseClosed
-
         events = self.parser.feed(body) if body else []
         if self.iterators:
             if self._consumer is None:
@@ -215,6 +214,7 @@ class StreamRewriter:
     async def _chain(self) -> Any:
         call = self.call
         iterator: Any = self._source()
+        self._generators.append(iterator)
         for hook in self.iterators:
             call.args["response"] = iterator
             try:
@@ -227,6 +227,7 @@ class StreamRewriter:
                 error = call.wrong_type(hook, result, "an async iterator of chunks")
                 raise Halt(error, TypeError(error.message))
             iterator = self._guarded(result, hook)
+            self._generators += (result, iterator)
         return iterator
 
     async def _consume(self) -> None:
@@ -252,6 +253,13 @@ class StreamRewriter:
             queue = self._queue
             while queue is not None and not queue.empty():  # wake a producer blocked on a full queue
                 queue.get_nowait()
+            # Close the chain outermost first. A generator left suspended would be closed by the event loop
+            # whenever it is freed, in a task of its own that outlives the request.
+            for generator in reversed(self._generators):
+                aclose = getattr(generator, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
 
     # -- output ------------------------------------------------------------------------------------------
 
