@@ -1,0 +1,1 @@
+"""Benchmarks of ``asgi_llm_guard``: ``python -m benchmarks`` (see ``benchmarks/README.md``)."""

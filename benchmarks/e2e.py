@@ -1,0 +1,533 @@
+"""Layer 2: end to end, uvicorn on 127.0.0.1 and a real load generator.
+
+Each variant runs in its own uvicorn (``--loop uvloop --http httptools --workers 1 --no-access-log``) on a
+free loopback port; all of them are started once and stay up, idle servers cost nothing. For each scenario the
+load generator hits bare, guarded, bare, guarded, … (``rounds`` of each, after a short warm-up of both), and
+the ratio guarded/bare requests per second is taken per round; the scenario's figure is the median of those
+ratios.
+
+With 2 or more CPUs and ``taskset``, the servers run on the last CPU and the load generator on the others,
+so they never compete for one core. The load generator is ``wrk`` (``-t1 -c32 --latency`` with a Lua script
+for POST bodies; ``benchmarks/setup.sh`` installs it from Debian). Without it a bounded Python generator
+(httpx + asyncio, same connection count) is used and the table says so. Every server is terminated on the way
+out, whatever happens; traffic goes to 127.0.0.1 only.
+
+Run alone: ``python -m benchmarks.e2e [--quick] [--litellm]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import app as bench_app
+from benchmarks.common import median, ratio, run, table
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+AUTH = "Bearer sk-bench-0123456789abcdef"
+
+
+# -- servers
+
+
+def cpu_split() -> tuple[str, str] | None:
+    """(server CPUs, load generator CPUs) for ``taskset -c``: the last allowed CPU serves, the others load.
+    ``None`` (no pinning) with fewer than 2 CPUs or without ``taskset``."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return None
+    return str(cpus[-1]), ",".join(str(c) for c in cpus[:-1])
+
+
+PINNING = cpu_split()
+
+
+def pinned(argv: Sequence[str], role: str) -> list[str]:
+    """``argv`` run on the server CPU (``role="server"``) or the load generator's CPUs (``"load"``)."""
+    if PINNING is None:
+        return list(argv)
+    return ["taskset", "-c", PINNING[0] if role == "server" else PINNING[1], *argv]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A subprocess serving HTTP on 127.0.0.1:``port``; always terminated by :meth:`stop` (by its own pid)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        log_dir: Path,
+        *,
+        ready_path: str = "/health",
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            pinned(argv, "server"),
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            self._wait_ready(ready_path, ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, path: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + path, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+def uvicorn_server(variant: str, log_dir: Path) -> Server:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"benchmarks.app:{variant}",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    return Server(variant, argv, port, log_dir)
+
+
+# -- load generation
+
+
+@dataclass(frozen=True)
+class Load:
+    """One request shape for the load generator."""
+
+    method: str
+    path: str
+    body: bytes = b""
+    auth: str = AUTH
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Authorization": self.auth}
+        if self.method == "POST":
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def lua(self) -> str:
+        lines = [f'wrk.method = "{self.method}"']
+        if self.body:
+            lines.append(f"wrk.body = [==[{self.body.decode()}]==]")
+        lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in self.headers().items()]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class LoadResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int  # socket errors, timeouts and non-2xx answers
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.p50_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "requests": self.requests,
+            "errors": self.errors,
+        }
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)([a-z]+)", text.strip()).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def parse_wrk(output: str) -> LoadResult:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors = 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    return LoadResult(rps, p50, p99, requests, errors)
+
+
+class LoadGenerator:
+    """wrk when installed, else a bounded Python generator; ``name`` says which."""
+
+    def __init__(self, work_dir: Path, connections: int = 32, force_python: bool = False) -> None:
+        self.wrk = None if force_python else shutil.which("wrk")
+        if self.wrk:
+            self.name = "wrk"
+        else:
+            self.name = "python (httpx)" if force_python else "python (httpx; wrk not found)"
+        self.connections = connections
+        self.work_dir = work_dir
+        self._scripts: dict[Load, Path] = {}
+
+    def run(self, base_url: str, load: Load, seconds: float) -> LoadResult:
+        if not base_url.startswith(f"http://{HOST}:"):
+            raise ValueError(f"load goes to {HOST} only, not {base_url}")
+        if self.wrk is None:
+            return _pinned_here(lambda: run(lambda: _python_load(base_url, load, self.connections, seconds)))
+        script = self._scripts.get(load)
+        if script is None:
+            script = self.work_dir / f"load{len(self._scripts)}.lua"
+            script.write_text(load.lua())
+            self._scripts[load] = script
+        argv = [
+            *pinned([], "load"),
+            self.wrk,
+            "-t1",
+            f"-c{self.connections}",
+            f"-d{max(int(round(seconds)), 1)}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            base_url + load.path,
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+        return parse_wrk(done.stdout)
+
+
+def _pinned_here(work: Callable[[], LoadResult]) -> LoadResult:
+    """Run ``work`` in this process on the load generator's CPUs, then restore the affinity."""
+    if PINNING is None:
+        return work()
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(c) for c in PINNING[1].split(",")})
+    try:
+        return work()
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+async def _python_load(base_url: str, load: Load, connections: int, seconds: float) -> LoadResult:
+    """``connections`` concurrent keep-alive clients for ``seconds`` (and at most 1,000,000 requests)."""
+    import asyncio
+
+    latencies: list[float] = []
+    errors = 0
+    limit = 1_000_000
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10.0) as client:
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline and len(latencies) + errors < limit:
+                began = time.perf_counter()
+                try:
+                    response = await client.request(
+                        load.method, load.path, content=load.body or None, headers=load.headers()
+                    )
+                    await response.aread()
+                    ok = response.status_code < 400
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append((time.perf_counter() - began) * 1000)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(int(p * len(latencies)), len(latencies) - 1)] if latencies else float("nan")
+
+    return LoadResult(len(latencies) / elapsed, pct(0.50), pct(0.99), len(latencies), errors)
+
+
+# -- scenarios
+
+CHAT = Load("POST", "/v1/chat/completions", bench_app.body_of(bench_app.CHAT_REQUEST))
+STREAM = Load("POST", "/v1/chat/completions", bench_app.body_of(bench_app.STREAM_REQUEST))
+HEALTH = Load("GET", "/health")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    load: Load
+    guard: str
+    check: str = "json"  # what one answer of the guarded server must look like: json, stream, refusal
+
+
+SCENARIOS = (
+    Scenario("nonguarded", "GET /health (not guarded)", HEALTH, "guarded_pre"),
+    Scenario("chat_pre", "chat JSON, 1 pre-call hook", CHAT, "guarded_pre"),
+    Scenario("stream100", "100-chunk stream, no streaming hook", STREAM, "guarded_pre", "stream"),
+    Scenario("stream100_chunk_hook", "100-chunk stream, per-chunk hook", STREAM, "guarded_stream", "stream"),
+    Scenario("refusal", "guard's refusal vs bare app's normal answer", CHAT, "guarded_refuse", "refusal"),
+)
+
+
+def check_answer(base_url: str, load: Load, kind: str) -> None:
+    """One request, checked, so the benchmark never measures broken answers."""
+    response = httpx.request(
+        load.method, base_url + load.path, content=load.body or None, headers=load.headers(), timeout=10.0
+    )
+    where = f"{base_url}{load.path}"
+    if response.status_code != 200:
+        raise RuntimeError(f"{where}: status {response.status_code}: {response.text[:300]}")
+    rejected = response.headers.get("x-llm-guard-rejected")
+    if kind == "refusal":
+        if rejected != "pre_call":
+            raise RuntimeError(f"{where}: expected a refusal, got {response.text[:300]}")
+    elif rejected is not None:
+        raise RuntimeError(f"{where}: unexpected refusal {response.text[:300]}")
+    if kind == "stream":
+        events = response.content.count(b"\n\n")
+        if events != bench_app.DEFAULT_CHUNKS + 1 or not response.content.endswith(bench_app.DONE):
+            raise RuntimeError(f"{where}: {events} SSE events, expected {bench_app.DEFAULT_CHUNKS + 1}")
+
+
+def interleave(
+    generator: LoadGenerator,
+    left: tuple[str, str],
+    right: tuple[str, str],
+    load: Load,
+    rounds: int,
+    seconds: float,
+    warmup: float,
+    right_load: Load | None = None,
+) -> list[dict[str, Any]]:
+    """``rounds`` of (left, right) back to back after a warm-up of each; each side is (label, base url).
+    ``right_load`` is the right side's request when it differs (another API key)."""
+    right_load = right_load or load
+    generator.run(left[1], load, warmup)
+    generator.run(right[1], right_load, warmup)
+    results = []
+    for index in range(rounds):
+        a = generator.run(left[1], load, seconds)
+        b = generator.run(right[1], right_load, seconds)
+        results.append(
+            {"round": index + 1, left[0]: a.as_dict(), right[0]: b.as_dict(), "ratio": ratio(b.rps, a.rps)}
+        )
+    return results
+
+
+def run_layer(
+    quick: bool = False,
+    rounds: int | None = None,
+    seconds: float | None = None,
+    litellm: bool = False,
+    force_python: bool = False,
+    scenarios: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    rounds = rounds or (1 if quick else 5)
+    seconds = seconds or (1.0 if quick else 5.0)
+    warmup = 1.0
+    chosen = [s for s in SCENARIOS if scenarios is None or s.name in scenarios]
+    result: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "scenarios": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        generator = LoadGenerator(work, force_python=force_python)
+        result["loadgen"] = generator.name
+        result["pinning"] = (
+            f"servers on CPU {PINNING[0]}, load generator on CPU {PINNING[1]}" if PINNING else "none"
+        )
+        result["connections"] = generator.connections
+        servers: dict[str, Server] = {}
+
+        def server(variant: str) -> Server:
+            if variant not in servers:
+                servers[variant] = uvicorn_server(variant, work)
+                stack.callback(servers[variant].stop)
+            return servers[variant]
+
+        for scenario in chosen:
+            bare, guard = server("bare"), server(scenario.guard)
+            check_answer(bare.url, scenario.load, "stream" if scenario.check == "stream" else "json")
+            check_answer(guard.url, scenario.load, scenario.check)
+            print(
+                f"  e2e {scenario.name}: {rounds} rounds x {seconds:.0f}s each side ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            per_round = interleave(
+                generator, ("bare", bare.url), ("guard", guard.url), scenario.load, rounds, seconds, warmup
+            )
+            result["scenarios"][scenario.name] = {
+                "title": scenario.title,
+                "guard_variant": scenario.guard,
+                "rounds": per_round,
+                "median_ratio": median([r["ratio"] for r in per_round]),
+                "bare_p50_ms": median([r["bare"]["p50_ms"] for r in per_round]),
+                "guard_p50_ms": median([r["guard"]["p50_ms"] for r in per_round]),
+                "bare_p99_ms": median([r["bare"]["p99_ms"] for r in per_round]),
+                "guard_p99_ms": median([r["guard"]["p99_ms"] for r in per_round]),
+                "errors": sum(r["bare"]["errors"] + r["guard"]["errors"] for r in per_round),
+            }
+        if litellm:
+            from benchmarks import litellm_proxy
+
+            guard = server("guarded_pre")
+            result["litellm"] = litellm_proxy.compare(
+                generator, server("bare"), guard, CHAT, rounds, seconds, work, stack
+            )
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    rows = []
+    for name, s in result["scenarios"].items():
+        for r in s["rounds"]:
+            rows.append(
+                [
+                    name if r["round"] == 1 else "",
+                    r["round"],
+                    r["bare"]["rps"],
+                    r["guard"]["rps"],
+                    r["ratio"],
+                    r["bare"]["p50_ms"],
+                    r["guard"]["p50_ms"],
+                    r["bare"]["p99_ms"],
+                    r["guard"]["p99_ms"],
+                    r["bare"]["errors"] + r["guard"]["errors"],
+                ]
+            )
+        rows.append(
+            [
+                "",
+                "median",
+                "",
+                "",
+                s["median_ratio"],
+                s["bare_p50_ms"],
+                s["guard_p50_ms"],
+                s["bare_p99_ms"],
+                s["guard_p99_ms"],
+                s["errors"],
+            ]
+        )
+    text = table(
+        [
+            "scenario",
+            "round",
+            "bare rps",
+            "guard rps",
+            "ratio",
+            "bare p50 ms",
+            "guard p50",
+            "bare p99 ms",
+            "guard p99",
+            "errors",
+        ],
+        rows,
+        left=1,
+        title=(
+            f"End to end: uvicorn (uvloop, httptools, 1 worker) on 127.0.0.1, load by {result['loadgen']} "
+            f"(-c{result['connections']}, {result['seconds']:.0f}s per side per round; {result['pinning']}); "
+            "ratio = guard/bare rps"
+        ),
+    )
+    lite = result.get("litellm")
+    if lite:
+        from benchmarks import litellm_proxy
+
+        text += "\n\n" + litellm_proxy.report(lite)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--litellm", action="store_true")
+    parser.add_argument(
+        "--python-loadgen", action="store_true", help="use the Python load generator, not wrk"
+    )
+    parser.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
+    args = parser.parse_args()
+    result = run_layer(
+        args.quick, args.rounds, args.seconds, args.litellm, args.python_loadgen, args.scenario
+    )
+    print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The in-process benchmark runs once, quickly, and ends with its JSON summary. Never a timing assertion:
+benchmarks are not tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {"nonguarded", "chat_pre", "chat_pre_post", "stream100", "stream100_chunk_hook", "refusal"}
+TARGETS = {
+    "nonguarded_throughput",
+    "nonguarded_vs_noop_floor",
+    "chat_pre_throughput",
+    "stream100_throughput",
+    "stream100_chunk_hook_throughput",
+    "refusal_time_vs_bare_inprocess",
+    "refusal_time_vs_bare_e2e",
+    "moderation_race_added_ms",
+    "stream_memory_growth_mb",
+    "body_at_limit_peak_x",
+    "vs_litellm_throughput_x",
+}
+
+
+def test_inprocess_quick_run_prints_the_json_summary() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--layer", "inprocess"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+
+    assert summary["benchmark"] == "asgi_llm_guard"
+    assert summary["quick"] is True
+    assert summary["layers"] == ["inprocess"]
+    assert set(summary["targets"]) == TARGETS
+    for name, check in summary["targets"].items():
+        assert set(check) == {"value", "limit", "op", "ok", "layer"}, name
+        measured = check["layer"] == "inprocess"
+        assert (check["ok"] is not None) == measured, name
+        assert (check["value"] is not None) == measured, name
+    assert set(summary["inprocess"]) == SCENARIOS | {"moderation_race_added_ms"}
+    for name in SCENARIOS:
+        stats = summary["inprocess"][name]
+        assert set(stats) == {"bare_us", "noop_us", "guard_us", "guard_vs_bare", "guard_vs_noop"}
+        assert all(value > 0 for value in stats.values()), name
+    assert "In-process CPU per request" in done.stdout
+    assert "Targets (same run)" in done.stdout
