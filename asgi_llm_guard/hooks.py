@@ -130,11 +130,15 @@ class BoundHook:
     fail_open: bool
     observer: Observer | None = None
     is_async: bool = field(init=False)
+    #: An async method with no timeout and no observer: ``await hook.invoke(arguments)`` is the whole call,
+    #: one coroutine less than :meth:`call` on paths that run for every request or every streamed chunk.
+    direct: bool = field(init=False)
     _arguments: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = field(init=False)
 
     def __post_init__(self) -> None:
         # Worked out once: these run for every request (and every streamed chunk).
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.method))
+        object.__setattr__(self, "direct", self.is_async and self.timeout is None and self.observer is None)
         getter: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
         if len(self.positional) > 1:
             getter = itemgetter(*self.positional)

@@ -319,6 +319,8 @@ class GuardedCall:
         """Call one hook: what it returns, or :class:`Halt` with the outcome of its failure. A timed-out
         ``fail_open`` hook counts as having returned ``None`` (SPEC 1)."""
         try:
+            if hook.direct:
+                return await hook.invoke(arguments)
             return await hook.call(arguments)
         except HookTimeout as exc:
             if hook.fail_open:
@@ -388,8 +390,19 @@ class GuardedCall:
         watching = False
         try:
             try:
-                await self._identify()
-                body = await self._read()
+                if self.guard.auth is None:
+                    key = self._presented_key
+                    self.user = UserAPIKeyAuth(
+                        api_key=hash_key(key.decode("latin-1")) if key else None, user_id=scope_user_id(self.scope)
+                    )
+                else:
+                    await self._authenticate(self.guard.auth)
+                if self._header_error is not None:
+                    raise Halt(self._header_error, self._header_error)
+                try:
+                    body = await read_body(self.receive, self.guard.max_body_bytes)
+                except GuardError as error:
+                    raise Halt(error, error) from None
                 self._parse(body)
                 del body  # the parsed data is what counts now; a body at the size limit must not be held twice
                 receive = ReplayedReceive(self.receive)
@@ -460,14 +473,7 @@ class GuardedCall:
             self._client_gone = True
             host.cancel()
 
-    async def _identify(self) -> None:
-        auth = self.guard.auth
-        if auth is None:
-            key = self._presented_key
-            self.user = UserAPIKeyAuth(
-                api_key=hash_key(key.decode("latin-1")) if key else None, user_id=scope_user_id(self.scope)
-            )
-            return
+    async def _authenticate(self, auth: AuthCallable) -> None:
         try:
             user = await auth(self.scope)
         except Exception as exc:
@@ -481,14 +487,6 @@ class GuardedCall:
             logger.error("the auth callable returned %s, not a UserAPIKeyAuth", type(user).__name__)
             raise Halt(error, TypeError(error.message))
         self.user = user
-
-    async def _read(self) -> bytes:
-        if self._header_error is not None:
-            raise Halt(self._header_error, self._header_error)
-        try:
-            return await read_body(self.receive, self.guard.max_body_bytes)
-        except GuardError as error:
-            raise Halt(error, error) from None
 
     def _parse(self, body: bytes) -> None:
         try:
@@ -587,7 +585,8 @@ class GuardedCall:
             except Exception as exc:
                 await pipeline.finish_after_app(exc)
                 return
-            await pipeline.finish_after_app(None)
+            if not pipeline.done:
+                await pipeline.finish_after_app(None)
             return
         await self._race(scope, receive)
 

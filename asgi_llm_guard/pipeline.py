@@ -179,6 +179,10 @@ class ResponsePipeline:
                 self._held_since = time.perf_counter()
             self._held.append(message)
             return
+        if kind == "http.response.body" and self._mode == _STREAM:
+            assert self.stream is not None
+            await self.stream.feed(message.get("body", b""), message.get("more_body", False))
+            return
         await self._process(message)
 
     async def _process(self, message: Message) -> None:

@@ -102,7 +102,11 @@ class StreamRewriter:
         out: list[bytes] = []
         try:
             for event in events:
-                out.append(await self._rewrite(event))
+                chunk = self._parse(event)
+                if chunk is None:
+                    out.append(event.raw)
+                else:
+                    out.append(self._encode(await self._apply_per_chunk(chunk), event))
         except Halt as failed:
             if self.pipeline.started and out:
                 await self._write(b"".join(out))
@@ -173,17 +177,13 @@ class StreamRewriter:
     def _encode(self, chunk: dict[str, Any], event: SSEEvent | None) -> bytes:
         try:
             if event is not None:
+                if event.event is None and event.id is None:  # a plain `data:` event, nearly always
+                    return b"data: " + orjson.dumps(chunk) + b"\n\n"  # orjson never writes a line break
                 return encode_event(orjson.dumps(chunk), event=event.event, id=event.id)
             name = chunk.get("type") if self.named else None
             return encode_json(chunk, event=name if isinstance(name, str) else None)
         except TypeError as exc:
             raise self.call.unencodable(exc, self.per_chunk or self.iterators, "streaming") from None
-
-    async def _rewrite(self, event: SSEEvent) -> bytes:
-        chunk = self._parse(event)
-        if chunk is None:
-            return event.raw
-        return self._encode(await self._apply_per_chunk(chunk), event)
 
     # -- iterator hooks ----------------------------------------------------------------------------------
 
