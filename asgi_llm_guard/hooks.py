@@ -318,7 +318,8 @@ class HookSet:
 
     @property
     def touches_response(self) -> bool:
-        return bool(self.success or self.streaming or self.streaming_iterator)
+        """Some hook reads the response body (worked out per request: keep it cheap)."""
+        return bool(self.success) or bool(self.streaming) or bool(self.streaming_iterator)
 
 
 _FIELD_BY_METHOD = {

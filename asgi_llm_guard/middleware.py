@@ -254,7 +254,7 @@ class GuardedCall:
     def _scan_headers(self) -> None:
         """One pass over the request headers: what the guard needs from them, and the ones the app gets."""
         limit = self.guard.max_body_bytes
-        drop_accept_encoding = self.hooks.touches_response
+        drop_accept_encoding = not self.guard.plain_responses
         forwarded = []
         content_type = b""
         key: bytes | None = None
@@ -384,8 +384,9 @@ class GuardedCall:
     async def run(self) -> None:
         host = asyncio.current_task()
         observer = self.guard.observer
-        started = time.perf_counter()
+        started = 0.0
         if observer is not None:
+            started = time.perf_counter()
             observer.request_started(self.call_type)
         watching = False
         try:
@@ -488,7 +489,7 @@ class GuardedCall:
             raise Halt(error, TypeError(error.message))
         self.user = user
 
-    def _parse(self, body: bytes) -> None:
+    def _parse(self, body: bytes | bytearray) -> None:
         try:
             if self.call_type == "audio_transcription" and is_multipart(self.content_type):
                 self.form = parse_form(body, self.content_type)

@@ -139,7 +139,7 @@ class FormBody:
         return b"".join(chunks), b"multipart/form-data; boundary=" + boundary
 
 
-def parse_form(body: bytes, content_type: bytes) -> FormBody:
+def parse_form(body: bytes | bytearray, content_type: bytes) -> FormBody:
     """Parse a ``multipart/form-data`` body with ``python-multipart``'s streaming parser.
 
     Raises :class:`~asgi_llm_guard.errors.GuardError` 400 when the content type is not ``multipart/form-data``

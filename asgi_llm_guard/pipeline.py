@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -112,6 +113,10 @@ class ResponsePipeline:
             self.done = True
         await self._send(message)
 
+    def send_to_client(self, message: Message) -> Awaitable[None]:
+        """The client's own ``send``, for a body message that is neither the first nor the last."""
+        return self._send(message)
+
     async def emit_start(self) -> None:
         """Send the held start message, if one is held."""
         start, self._start = self._start, None
@@ -146,6 +151,14 @@ class ResponsePipeline:
     # -- from the app ------------------------------------------------------------------------------------
 
     async def send(self, message: Message) -> None:
+        if self._mode == _STREAM and self._held is None and not self.done and message["type"] == "http.response.body":
+            # Every chunk of a stream the streaming hooks read: to the rewriter, nothing else to decide.
+            more = message.get("more_body", False)
+            if not more:
+                self._app_done = True
+            assert self.stream is not None
+            await self.stream.feed(message.get("body", b""), more)
+            return
         if self._passing and message["type"] == "http.response.body":
             # The common case, every chunk of a stream no hook reads: straight through, two checks.
             if not message.get("more_body", False):
@@ -310,9 +323,10 @@ class ResponsePipeline:
 
         Failure hooks see ``original`` first and may replace an error that has not started yet.
         """
-        replacement = await self.call.report_failure(original)
-        if replacement is not None:
-            outcome = replacement
+        if self.call.hooks.failure:
+            replacement = await self.call.report_failure(original)
+            if replacement is not None:
+                outcome = replacement
         if self.done:
             return
         call = self.call

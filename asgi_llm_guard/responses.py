@@ -9,6 +9,7 @@ inject SSE frames; header values are never built from messages.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -34,8 +35,14 @@ _SSE_HEADERS = [
 ]
 
 
-def _id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
+_ID_PREFIX = secrets.token_hex(6)  # per process, so ids differ across replicas and restarts
+_ID_COUNTER = itertools.count()
+
+
+def new_id(prefix: str) -> str:
+    """A unique response id (``chatcmpl-…``, ``cmpl-…``, ``resp_…``, ``msg_…``). Ids need to be unique, not
+    secret: a per-process random prefix and a counter, instead of reading the OS's randomness per refusal."""
+    return f"{prefix}{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -78,7 +85,7 @@ async def send_error(send: Send, error: GuardError, rejected_stage: str | None =
 
 def chat_completion(message: str, model: str) -> dict[str, Any]:
     return {
-        "id": _id("chatcmpl-"),
+        "id": new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -113,7 +120,7 @@ def _usage_chunk(base: dict[str, Any]) -> dict[str, Any]:
 
 
 def chat_refusal_events(message: str, model: str, include_usage: bool) -> Iterator[bytes]:
-    stream_id, created = _id("chatcmpl-"), int(time.time())
+    stream_id, created = new_id("chatcmpl-"), int(time.time())
     yield encode_json(chat_chunk(stream_id, created, model, {"role": "assistant", "content": message}, None))
     finish = chat_chunk(stream_id, created, model, {}, "stop")
     yield encode_json(finish)
@@ -133,7 +140,7 @@ def text_completion(
     finish_reason: str | None = "stop",
 ) -> dict[str, Any]:
     return {
-        "id": stream_id or _id("cmpl-"),
+        "id": stream_id or new_id("cmpl-"),
         "object": "text_completion",
         "created": created if created is not None else int(time.time()),
         "model": model,
@@ -144,7 +151,7 @@ def text_completion(
 
 
 def text_refusal_events(message: str, model: str, include_usage: bool) -> Iterator[bytes]:
-    stream_id, created = _id("cmpl-"), int(time.time())
+    stream_id, created = new_id("cmpl-"), int(time.time())
     content = text_completion(message, model, stream_id, created, finish_reason=None)
     del content["usage"]
     yield encode_json(content)
@@ -180,7 +187,7 @@ def responses_object(
 ) -> dict[str, Any]:
     done = status == "completed"
     return {
-        "id": response_id or _id("resp_"),
+        "id": response_id or new_id("resp_"),
         "object": "response",
         "created_at": created if created is not None else int(time.time()),
         "status": status,
@@ -189,7 +196,7 @@ def responses_object(
         "instructions": None,
         "max_output_tokens": None,
         "model": model,
-        "output": [_output_message(_id("msg_"), message, "completed")] if done else [],
+        "output": [_output_message(new_id("msg_"), message, "completed")] if done else [],
         "parallel_tool_calls": True,
         "previous_response_id": None,
         "reasoning": {"effort": None, "summary": None},
@@ -301,7 +308,7 @@ def responses_closing_events(
 def responses_refusal_events(message: str, model: str) -> Iterator[bytes]:
     response = responses_object(message, model, status="in_progress")
     yield _named({"type": "response.created", "sequence_number": 0, "response": response})
-    yield from responses_closing_events(message, response, _id("msg_"), 1, opened=False, text_so_far="")
+    yield from responses_closing_events(message, response, new_id("msg_"), 1, opened=False, text_so_far="")
 
 
 # -- dispatch ------------------------------------------------------------------------------------------------
@@ -309,8 +316,10 @@ def responses_refusal_events(message: str, model: str) -> Iterator[bytes]:
 
 def requested_format(data: Mapping[str, Any]) -> tuple[bool, bool]:
     """What the client asked for, read before any hook ran: (``stream``, ``stream_options.include_usage``)."""
-    options = data.get("stream_options")
-    return data.get("stream") is True, isinstance(options, Mapping) and options.get("include_usage") is True
+    if data.get("stream") is not True:
+        return False, False
+    options = data.get("stream_options")  # parsed JSON: a dict (an ABC isinstance here would cost more)
+    return True, type(options) is dict and options.get("include_usage") is True
 
 
 async def send_refusal(

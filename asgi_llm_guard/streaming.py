@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ import orjson
 
 from .errors import GuardError, Halt, RejectRequest, ResponseClosed
 from .hooks import BoundHook
-from .responses import chat_chunk, responses_closing_events, text_completion
+from .responses import chat_chunk, new_id, responses_closing_events, text_completion
 from .sse import DONE, SSEEvent, SSEParser, encode_event, encode_json
 
 if TYPE_CHECKING:
@@ -125,8 +124,8 @@ class StreamRewriter:
         if event.event is not None:
             self.named = True
         data = event.data
-        if data is None or event.is_done:
-            return None
+        if data is None or (data[:1] != b"{" and not data.lstrip().startswith(b"{")):
+            return None  # no JSON object: [DONE], comments, other text pass through as they are
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -162,7 +161,13 @@ class StreamRewriter:
         call = self.call
         for hook in self.per_chunk:
             call.args["response"] = chunk
-            result = await call.run_hook(hook, call.args, "streaming")
+            if hook.direct:  # run_hook's work, one coroutine less: this runs for every chunk
+                try:
+                    result = await hook.invoke(call.args)
+                except Exception as exc:
+                    raise Halt(call.outcome(exc, hook, "streaming"), exc) from None
+            else:
+                result = await call.run_hook(hook, call.args, "streaming")
             if result is None:
                 continue
             if not isinstance(result, dict):
@@ -267,7 +272,7 @@ class StreamRewriter:
         pipeline = self.pipeline
         if not pipeline.started:
             await pipeline.emit_start()
-        await pipeline.emit({"type": "http.response.body", "body": body, "more_body": True})
+        await pipeline.send_to_client({"type": "http.response.body", "body": body, "more_body": True})
 
     async def end_with(self, outcome: RejectRequest | GuardError) -> None:
         """End a stream that has started with a refusal or an error (SPEC 4 and 5)."""
@@ -284,13 +289,13 @@ class StreamRewriter:
         created: int = first["created"] if isinstance(first.get("created"), int) else 0
         if call_type == "responses":
             response = self.response or {
-                "id": "resp_" + secrets.token_hex(12),
+                "id": new_id("resp_"),
                 "object": "response",
                 "model": self.call.model,
                 "output": [],
             }
             opened = self.part_open and self.message_id is not None
-            message_id = self.message_id if opened and self.message_id else "msg_" + secrets.token_hex(12)
+            message_id = self.message_id if opened and self.message_id else new_id("msg_")
             yield from responses_closing_events(
                 message,
                 response,
@@ -300,7 +305,7 @@ class StreamRewriter:
                 text_so_far=self.text if opened else "",
             )
             return
-        default_id = ("chatcmpl-" if call_type == "completion" else "cmpl-") + secrets.token_hex(12)
+        default_id = new_id("chatcmpl-" if call_type == "completion" else "cmpl-")
         stream_id: str = first["id"] if isinstance(first.get("id"), str) else default_id
         if call_type == "completion":
             yield encode_json(chat_chunk(stream_id, created, model, {"content": message}, None))
