@@ -318,3 +318,63 @@ def test_attributes_the_middleware_reads() -> None:
 def test_construction_errors(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         ModerationEndpointHook(**{"api_key": "k", **kwargs})
+
+
+# -- through the middleware: the hook as a user runs it -------------------------------------------------------
+
+
+async def _through_guard(hook: ModerationEndpointHook, text: str, **options: Any) -> tuple[httpx.Response, list[Any]]:
+    from asgi_llm_guard import LLMHookMiddleware
+
+    from .apps import Downstream, client
+
+    down = Downstream()
+    try:
+        async with client(LLMHookMiddleware(down, hooks=[hook], **options)) as c:
+            response = await c.post("/v1/chat/completions", json=_chat(text))
+    finally:
+        await hook.aclose()
+    return response, down.received
+
+
+@pytest.mark.parametrize("moderation", ["parallel", "before"])
+async def test_guard_refuses_what_the_endpoint_flags(endpoint: tuple[str, list[dict[str, Any]]],
+                                                     moderation: str) -> None:
+    base_url, _ = endpoint
+    response, received = await _through_guard(ModerationEndpointHook(base_url, api_key="sk-mod"),
+                                              "I will kill the process", moderation=moderation)
+    assert response.status_code == 200
+    assert response.headers["x-llm-guard-rejected"] == "moderation"
+    assert "kill" not in response.json()["choices"][0]["message"]["content"]
+    if moderation == "before":
+        assert received == []
+
+
+async def test_guard_passes_what_the_endpoint_does_not_flag(endpoint: tuple[str, list[dict[str, Any]]]) -> None:
+    base_url, _ = endpoint
+    response, received = await _through_guard(ModerationEndpointHook(base_url, api_key="sk-mod"), "good morning")
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Hello from the model"
+    assert len(received) == 1
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_guard_with_a_slow_endpoint_obeys_timeout_and_fail_open(
+    endpoint: tuple[str, list[dict[str, Any]]], fail_open: bool
+) -> None:
+    base_url, _ = endpoint
+    hook = ModerationEndpointHook(base_url, api_key="sk-mod", timeout=0.2, fail_open=fail_open)
+    started = time.perf_counter()
+    response, _ = await _through_guard(hook, "slow please")
+    assert time.perf_counter() - started < 1.5
+    assert response.status_code == (200 if fail_open else 503)
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_guard_with_a_failing_endpoint_obeys_fail_open(
+    endpoint: tuple[str, list[dict[str, Any]]], fail_open: bool
+) -> None:
+    base_url, _ = endpoint
+    response, _ = await _through_guard(ModerationEndpointHook(base_url, api_key="sk-mod", fail_open=fail_open),
+                                       "error500")
+    assert response.status_code == (200 if fail_open else 503)

@@ -475,3 +475,20 @@ async def test_a_client_passed_in_is_used_and_left_open(redis_url: str) -> None:
         await cache.aclose()
         assert await client.ping() is True
         assert await client.get(ns + "n") == b"2"
+
+
+async def test_the_middleware_closes_the_caches_connections_on_lifespan_shutdown(redis_server: Any) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from asgi_llm_guard import LLMHookMiddleware
+
+    from ..apps import Downstream
+
+    cache = DualCache(redis_url=redis_server.url)
+    await cache.async_set_cache("warm", 1)
+    down = Downstream()
+    async with LifespanManager(LLMHookMiddleware(down, cache=cache)):
+        assert cache.redis_client is not None
+    assert down.lifespan == ["lifespan.startup", "lifespan.shutdown"]
+    with pytest.raises(RuntimeError):
+        await cache.async_get_cache("never-set-so-asked-of-redis")
