@@ -132,6 +132,10 @@ class LLMHookMiddleware:
         self.expose_hook_errors = expose_hook_errors
         self.disconnects = DisconnectWatch()
         self.plain_responses = not (self.hooks.touches_response or self.hooks.failure)
+        self.failure_wants_traceback = any(
+            "traceback_str" in hook.positional or any(source == "traceback_str" for _, source in hook.keywords)
+            for hook in self.hooks.failure
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -358,7 +362,8 @@ class GuardedCall:
         args = self.args or {"user_api_key_dict": self.user, "data": self.data}
         args["request_data"] = self.data
         args["original_exception"] = original
-        args["traceback_str"] = "".join(traceback.format_exception(original))
+        if self.guard.failure_wants_traceback:  # formatting one costs more than most refusals: only when asked
+            args["traceback_str"] = "".join(traceback.format_exception(original))
         replacement: GuardError | None = None
         for hook in hooks:
             try:

@@ -326,6 +326,8 @@ class ResponsePipeline:
         if self.call.hooks.failure:
             replacement = await self.call.report_failure(original)
             if replacement is not None:
+                # Still the answer to what that hook's stage did: the stage header stays (SPEC 8).
+                replacement.stage = replacement.stage or outcome.stage
                 outcome = replacement
         if self.done:
             return

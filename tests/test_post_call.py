@@ -319,3 +319,35 @@ async def test_fail_open_success_hook_that_times_out_keeps_the_response() -> Non
         response = await c.post("/v1/chat/completions", json=chat())
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "Hello from the model"
+
+
+async def test_failure_hook_gets_traceback_str_only_when_it_asks() -> None:
+    seen: dict[str, Any] = {}
+
+    class WantsTraceback:
+        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+            raise ValueError("broken on purpose")
+
+        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                               user_api_key_dict: Any, traceback_str: str | None = None) -> None:
+            seen["traceback"] = traceback_str
+
+    app, _ = guarded(WantsTraceback())
+    async with client(app) as c:
+        await c.post("/v1/chat/completions", json=chat())
+    assert "ValueError: broken on purpose" in seen["traceback"]
+    assert "Traceback (most recent call last)" in seen["traceback"]
+
+
+async def test_an_error_a_failure_hook_puts_in_place_keeps_the_stage_header() -> None:
+    class RefuseThenReplace(Failure):
+        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+            raise RejectRequest("refused")
+
+    hook = RefuseThenReplace(replace=fastapi.HTTPException(403, detail="replaced"))
+    app, _ = guarded(hook)
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 403
+    assert response.json()["error"]["message"] == "replaced"
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
