@@ -195,9 +195,10 @@ class DisconnectWatch:
         self._due.pop(call, None)
 
     def _fire(self) -> None:
-        self._timer = None
         loop = self._loop
-        assert loop is not None
+        if loop is None or asyncio.get_running_loop() is not loop:
+            return  # armed on an event loop this middleware has since left
+        self._timer = None
         now = loop.time()
         due = self._due
         while due:  # insertion order is deadline order: every request waits the same delay
