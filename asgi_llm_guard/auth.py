@@ -68,15 +68,6 @@ def key_from_header(name: bytes, value: bytes) -> bytes | None:
     return value.strip() or None
 
 
-def _presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
-    found: dict[bytes, bytes | None] = {}
-    for name, value in headers:
-        if name in (b"authorization", b"api-key", b"x-api-key"):
-            found[name] = key_from_header(name, value)
-    key = found.get(b"authorization") or found.get(b"api-key") or found.get(b"x-api-key")
-    return key.decode("latin-1") if key else None
-
-
 def scope_user_id(scope: Scope) -> str | None:
     """The id an authentication middleware left in ``scope["user"]`` (Starlette's ``BaseUser`` or a string)."""
     user = scope.get("user")
@@ -94,10 +85,3 @@ def scope_user_id(scope: Scope) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
-
-
-def default_identity(scope: Scope) -> UserAPIKeyAuth:
-    """Identity from the request alone: the hashed key of ``Authorization: Bearer``, ``api-key`` or
-    ``x-api-key``, and ``user_id`` from ``scope["user"]``. A missing key is not an error."""
-    key = _presented_key(scope.get("headers") or [])
-    return UserAPIKeyAuth(api_key=hash_key(key) if key else None, user_id=scope_user_id(scope))

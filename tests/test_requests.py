@@ -351,3 +351,14 @@ async def test_downstream_sees_client_disconnect_after_the_replayed_body() -> No
     assert messages[0]["type"] == "http.request" and messages[0]["more_body"] is False
     assert messages[1] == {"type": "http.disconnect"}
     _ = Downstream
+
+
+async def test_bearer_key_wins_over_api_key_headers_in_any_order() -> None:
+    app, down = guarded(Rewrite())
+    script = Script(body_messages(orjson.dumps(chat())))
+    headers = [(b"x-api-key", b"sk-x"), (b"api-key", b"sk-api"), (b"authorization", b"Bearer sk-bearer")]
+    await app(http_scope(headers=headers), script.receive, script.send)
+    assert down.received[0].state.user_api_key_dict.api_key == hashlib.sha256(b"sk-bearer").hexdigest()
+    script = Script(body_messages(orjson.dumps(chat())))
+    await app(http_scope(headers=[(b"x-api-key", b"sk-x"), (b"api-key", b"sk-api")]), script.receive, script.send)
+    assert down.received[1].state.user_api_key_dict.api_key == hashlib.sha256(b"sk-api").hexdigest()
