@@ -226,7 +226,7 @@ class GuardedCall:
     """The state and flow of one guarded request; never shared between requests."""
 
     __slots__ = (
-        "guard", "hooks", "scope", "receive", "call_type", "route_params", "data", "content_type", "form",
+        "guard", "hooks", "scope", "receive", "call_type", "data", "content_type", "form",
         "stream_requested", "usage_requested", "model", "user", "args", "pipeline", "forwarded_headers",
         "_header_error", "_presented_key", "_failure_reported", "_client_gone", "_active", "_watcher",
         "_watch_args", "plain_response",
@@ -240,7 +240,6 @@ class GuardedCall:
         self.scope = scope
         self.receive = receive
         self.call_type = match.call_type
-        self.route_params = match.params
         self.data: dict[str, Any] = {}
         self.form: FormBody | None = None
         self.stream_requested = self.usage_requested = False  # the format a refusal takes (SPEC 4)
