@@ -150,34 +150,40 @@ class ResponsePipeline:
 
     # -- from the app ------------------------------------------------------------------------------------
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        """The app's ``send``. A plain function, not a coroutine: on the common paths it hands back the
+        client's own awaitable (or the rewriter's), so each message costs one call, not a coroutine more."""
+        if self._passing and message["type"] == "http.response.body":
+            # Every chunk of a response no hook reads: straight through, two checks.
+            if not message.get("more_body", False):
+                self._passing = False
+                self._app_done = self.done = True
+            return self._send(message)
         if self._mode == _STREAM and self._held is None and not self.done and message["type"] == "http.response.body":
             # Every chunk of a stream the streaming hooks read: to the rewriter, nothing else to decide.
             more = message.get("more_body", False)
             if not more:
                 self._app_done = True
             assert self.stream is not None
-            await self.stream.feed(message.get("body", b""), more)
-            return
-        if self._passing and message["type"] == "http.response.body":
-            # The common case, every chunk of a stream no hook reads: straight through, two checks.
-            if not message.get("more_body", False):
-                self._passing = False
-                self._app_done = self.done = True
-            await self._send(message)
-            return
-        if self.done or self._app_done:
-            raise ResponseClosed("the response has already ended")
-        kind = message["type"]
-        if kind == "http.response.start" and self.call.plain_response and self._held is None:
+            return self.stream.feed(message.get("body", b""), more)
+        if (
+            message["type"] == "http.response.start"
+            and not self._app_started
+            and self.call.plain_response
+            and self._held is None
+            and not self.done
+        ):
             # No hook reads responses and nothing is held: the start goes out as it is.
-            if self._app_started:
-                raise RuntimeError("ASGI: http.response.start sent twice")
             self._app_started = self.started = self._passing = True
             self.status = message["status"]
             self._sent_start = message
-            await self._send(message)
-            return
+            return self._send(message)
+        return self._send_other(message)
+
+    async def _send_other(self, message: Message) -> None:
+        if self.done or self._app_done:
+            raise ResponseClosed("the response has already ended")
+        kind = message["type"]
         if kind == "http.response.start":
             if self._app_started:
                 raise RuntimeError("ASGI: http.response.start sent twice")

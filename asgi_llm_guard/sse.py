@@ -78,20 +78,24 @@ class SSEParser:
         self._retry: int | None = None
         self._has = False  # the current event has at least one (non-blank) line
 
+    def whole_data_event(self, chunk: bytes) -> bool:
+        """True when ``chunk`` is exactly one whole ``data:`` event and nothing is pending: what LLM streams send
+        nearly always. Such a chunk needs no scan (its data is ``chunk[6:-2]``) and leaves the parser as it was."""
+        return (
+            not self._buf
+            and not self._bom
+            and not self._cr
+            and chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2  # the first line break is the next-to-last byte...
+            and chunk[-1] == _LF  # ...and the last one ends the event
+            and chunk.find(b"\r") < 0  # (`find` is about twice as fast as `in` here)
+        )
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Add ``chunk`` and return the events it completes, in order (often none, often one)."""
-        buf = self._buf
-        if (
-            not buf
-            and not self._bom
-            and chunk.startswith(b"data: ")
-            and chunk.endswith(b"\n\n")
-            and chunk.count(b"\n") == 2
-            and b"\r" not in chunk
-        ):
-            # What LLM streams send nearly always: one whole `data:` event per chunk, nothing pending. The state
-            # between events is clean (an empty buffer means no partial event), so no scan is needed.
+        if self.whole_data_event(chunk):
             return [SSEEvent(chunk, chunk[6:-2])]
+        buf = self._buf
         buf += chunk
         if self._cr or self._bom:
             chunk = self._prelude(chunk)

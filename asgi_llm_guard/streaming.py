@@ -79,11 +79,52 @@ class StreamRewriter:
         self._emitting = asyncio.Lock()  # held by the consumer task while it sends
         self._generators: list[Any] = []  # the iterator chain, to close when the stream ends
         self._done_event: bytes | None = None
+        #: Per-chunk hooks only, on a stream whose events need no bookkeeping: :meth:`feed` may take its fast path.
+        self.quick = not self.iterators and call.call_type != "responses"  # and no `event:` names seen
+        self.single = self.per_chunk[0] if len(self.per_chunk) == 1 and self.per_chunk[0].direct else None
 
     # -- input -------------------------------------------------------------------------------------------
 
     async def feed(self, body: bytes, more: bool) -> None:
         """Called for each body message the app sends."""
+        if self.quick and more and body[6:7] == b"{" and self.parser.whole_data_event(body):
+            # Nearly every chunk of a chat or text-completion stream: one `data: {…}` event in one message.
+            # The same steps as below, without the general machinery around them.
+            try:
+                chunk = orjson.loads(body[6:-2])
+            except orjson.JSONDecodeError:
+                chunk = None
+            if type(chunk) is dict:
+                if self.first is None:
+                    self.first = chunk
+                try:
+                    hook = self.single
+                    if hook is None:
+                        chunk = await self._apply_per_chunk(chunk)
+                    else:  # _apply_per_chunk for one direct hook, inlined: this runs for every chunk
+                        args = self.call.args
+                        args["response"] = chunk
+                        try:
+                            result = await hook.invoke(args)
+                        except Exception as exc:
+                            raise Halt(self.call.outcome(exc, hook, "streaming"), exc) from None
+                        if result is not None:
+                            if not isinstance(result, dict):
+                                error = self.call.wrong_type(hook, result, "a dict or None")
+                                raise Halt(error, TypeError(error.message))
+                            chunk = result
+                    try:
+                        out = b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    except TypeError as exc:
+                        raise self.call.unencodable(exc, self.per_chunk, "streaming") from None
+                except Halt as failed:
+                    await self.pipeline.fail(failed.outcome, failed.original)
+                    raise ResponseClosed("the stream was ended by a hook") from None
+                pipeline = self.pipeline
+                if not pipeline.started:
+                    await pipeline.emit_start()
+                await pipeline.send_to_client({"type": "http.response.body", "body": out, "more_body": True})
+                return
         events = self.parser.feed(body) if body else []
         if self.iterators:
             if self._consumer is None:
@@ -123,6 +164,7 @@ class StreamRewriter:
     def _parse(self, event: SSEEvent) -> dict[str, Any] | None:
         if event.event is not None:
             self.named = True
+            self.quick = False
         data = event.data
         if data is None or (data[:1] != b"{" and not data.lstrip().startswith(b"{")):
             return None  # no JSON object: [DONE], comments, other text pass through as they are

@@ -172,6 +172,54 @@ async def test_error_mid_stream_ends_with_an_error_event_and_done() -> None:
     assert [type(f) for f in failures] == [ValueError]
 
 
+class LaterChunk:
+    """A per-chunk hook that misbehaves on its third chunk: after the first, the rewriter's per-event fast path
+    handles each chunk, so these failures exercise it."""
+
+    def __init__(self, result: Any) -> None:
+        self.calls, self.result = 0, result
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        self.calls += 1
+        return self.result if self.calls == 3 else None
+
+
+@pytest.mark.parametrize("hooks", [1, 2], ids=["one hook", "two hooks"])
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [("not a dict", "streaming hook LaterChunk failed"), ({"bad": {1, 2}}, "streaming hook LaterChunk failed")],
+    ids=["wrong type", "not JSON"],
+)
+async def test_a_hook_failing_on_a_later_chunk_ends_the_stream_with_an_error_event(
+    result: Any, message: str, hooks: int
+) -> None:
+    chain: list[Any] = [LaterChunk(result)]
+    if hooks == 2:
+        chain.insert(0, Upper())
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=chain))
+    chunks = payloads(script.body)
+    assert len(chunks) == 4 and chunks[3] == "[DONE]"
+    assert chunks[2]["error"]["message"] == message
+    assert script.sent[-1]["more_body"] is False
+
+
+async def test_later_events_that_are_not_json_objects_pass_through_byte_for_byte() -> None:
+    odd = [b"data: {not json}\n\n", b"data: {\"a\": 1}\r\n\r\n", b"data: {\"split\": \r 1}\n\n", b"data: [1, 2]\n\n"]
+    events = [CHAT_EVENTS[0], *odd, CHAT_EVENTS[1]]
+
+    class Tag:
+        async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+            return {**response, "tagged": True}
+
+    script = await drive(LLMHookMiddleware(stream_app(events), hooks=[Tag()]))
+    bodies = [m["body"] for m in script.sent[1:-1]]
+    assert bodies[1] == b"data: {not json}\n\n"
+    assert bodies[2] == b'data: {"a":1,"tagged":true}\n\n'  # a JSON object with CRLF endings, re-encoded with LF
+    assert bodies[3] == odd[2]  # a CR splits the event into two lines: the data is not JSON
+    assert bodies[4] == odd[3]
+    assert orjson.loads(bodies[5][6:])["tagged"] is True
+
+
 async def test_error_on_the_first_chunk_is_a_json_error_with_the_real_status() -> None:
     hook = Upper(fail_on=1, error=fastapi.HTTPException(403, detail="not allowed"))
     script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[hook]))
