@@ -114,7 +114,7 @@ class StreamRewriter:
                                 raise Halt(error, TypeError(error.message))
                             chunk = result
                     try:
-                        out = b"data: " + orjson.dumps(chunk) + b"\n\n"
+                        encoded = b"data: " + orjson.dumps(chunk) + b"\n\n"
                     except TypeError as exc:
                         raise self.call.unencodable(exc, self.per_chunk, "streaming") from None
                 except Halt as failed:
@@ -123,7 +123,7 @@ class StreamRewriter:
                 pipeline = self.pipeline
                 if not pipeline.started:
                     await pipeline.emit_start()
-                await pipeline.send_to_client({"type": "http.response.body", "body": out, "more_body": True})
+                await pipeline.send_to_client({"type": "http.response.body", "body": encoded, "more_body": True})
                 return
         events = self.parser.feed(body) if body else []
         if self.iterators:
