@@ -425,7 +425,7 @@ class GuardedCall:
                 }
                 refused = await self._pre_call() if self.hooks.pre_call else None
                 if refused is not None:
-                    await self.pipeline.fail(refused.outcome, refused.original)
+                    await self.pipeline.refuse(refused[0], refused[1].name, "pre_call")
                 elif self.hooks.moderation and not self.guard.moderate_first:
                     await self._race(self._downstream_request(receive), receive)
                 else:
@@ -538,9 +538,9 @@ class GuardedCall:
             missing = GuardError(400, _USER_PARAM_MESSAGE, param="user")
             raise Halt(missing, missing)
 
-    async def _pre_call(self) -> Halt | None:
-        """Run the pre-call hooks; a refusal (a returned string) comes back as a :class:`Halt`, not raised: it
-        is an answer, not an accident, and raising costs more than the refusal itself."""
+    async def _pre_call(self) -> tuple[str, BoundHook] | None:
+        """Run the pre-call hooks; a refusal (a returned string) comes back with its hook, not raised: it is an
+        answer, not an accident, and raising costs more than the refusal itself."""
         args = self.args
         for hook in self.hooks.pre_call:
             result = await self.run_hook(hook, args, "pre_call")
@@ -549,8 +549,7 @@ class GuardedCall:
             if isinstance(result, dict):
                 self.data = args["data"] = args["request_data"] = result
             elif isinstance(result, str):
-                refusal = RejectRequest(result)
-                return Halt(self.outcome(refusal, hook, "pre_call"), refusal)
+                return result, hook
             elif isinstance(result, Exception):
                 raise Halt(self.outcome(result, hook, "pre_call"), result)
             else:

@@ -29,7 +29,7 @@ import orjson
 
 from ._types import Message, Send
 from .errors import GuardError, Halt, RejectRequest, ResponseClosed, UpstreamError, log_exception
-from .responses import REFUSED_AS_ANSWER, send_error, send_refusal
+from .responses import REFUSED_AS_ANSWER, Answer, error_answer, refusal_answer
 from .streaming import StreamRewriter
 
 if TYPE_CHECKING:
@@ -112,6 +112,15 @@ class ResponsePipeline:
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.done = True
         await self._send(message)
+
+    async def answer(self, answer: Answer) -> None:
+        """Send an answer the middleware wrote itself (a refusal or an error), start and body."""
+        status, headers, body = answer
+        start = {"type": "http.response.start", "status": status, "headers": headers}
+        self.started, self.status, self._sent_start = True, status, start
+        await self._send(start)
+        self.done = True
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     def send_to_client(self, message: Message) -> Awaitable[None]:
         """The client's own ``send``, for a body message that is neither the first nor the last."""
@@ -318,11 +327,25 @@ class ResponsePipeline:
         replacement = await self.call.report_failure(error)
         if replacement is not None:
             self._start = None
-            await send_error(self.emit, replacement)
+            await self.answer(error_answer(replacement))
             return
         await self._emit_held(body)
 
     # -- failures ----------------------------------------------------------------------------------------
+
+    async def refuse(self, message: str, hook: str, stage: str) -> None:
+        """Answer a refusal a hook returned (SPEC 4), before anything went to the client. Without failure hooks
+        or an observer to tell, no exception is made for it: a refusal is an answer, and often a frequent one."""
+        call = self.call
+        if call.hooks.failure or call.guard.observer is not None:
+            refusal = RejectRequest(message)
+            refusal.stage, refusal.hook = stage, hook
+            await self.fail(refusal, refusal)
+            return
+        answer = refusal_answer(
+            message, call.call_type, call.stream_requested, call.usage_requested, call.model, stage
+        )
+        await self.answer(answer)
 
     async def fail(self, outcome: RejectRequest | GuardError, original: BaseException) -> None:
         """End the request with a refusal or an error, in whatever form is still possible.
@@ -348,17 +371,18 @@ class ResponsePipeline:
             self._start = None
             self._chunks = []
             if isinstance(outcome, RejectRequest):
-                await send_refusal(
-                    self.emit,
-                    outcome.message,
-                    call.call_type,
-                    call.stream_requested,
-                    call.usage_requested,
-                    call.model,
-                    stage or "pre_call",
+                await self.answer(
+                    refusal_answer(
+                        outcome.message,
+                        call.call_type,
+                        call.stream_requested,
+                        call.usage_requested,
+                        call.model,
+                        stage or "pre_call",
+                    )
                 )
             else:
-                await send_error(self.emit, outcome, stage)
+                await self.answer(error_answer(outcome, stage))
             return
         if self.stream is not None:
             await self.stream.end_with(outcome)

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 
-from ._types import Send
 from .errors import GuardError
 from .sse import DONE, encode_json
 
@@ -64,20 +63,20 @@ def _encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return encoded
 
 
-async def send_body(
-    send: Send, status: int, body: bytes, base: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
-) -> None:
-    headers = [*base, (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+#: An answer the middleware writes itself: status, headers (with ``content-length``), body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-async def send_error(send: Send, error: GuardError, rejected_stage: str | None = None) -> None:
+def answer(status: int, body: bytes, base: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]) -> Answer:
+    return status, [*base, (b"content-length", str(len(body)).encode()), *extra], body
+
+
+def error_answer(error: GuardError, rejected_stage: str | None = None) -> Answer:
     """The JSON error of SPEC 5 with the error's own headers (e.g. ``Retry-After``)."""
-    extra = _encode_headers(error.headers)
+    extra = _encode_headers(error.headers) if error.headers else []
     if rejected_stage:
         extra.append((b"x-llm-guard-rejected", rejected_stage.encode()))
-    await send_body(send, error.status_code, error.body(), _JSON_HEADERS, extra)
+    return answer(error.status_code, error.body(), _JSON_HEADERS, extra)
 
 
 # -- chat completions ----------------------------------------------------------------------------------------
@@ -322,14 +321,11 @@ def requested_format(data: Mapping[str, Any]) -> tuple[bool, bool]:
     return True, type(options) is dict and options.get("include_usage") is True
 
 
-async def send_refusal(
-    send: Send, message: str, call_type: str, stream: bool, usage: bool, model: str, stage: str
-) -> None:
-    """Answer ``message`` as the client's request asked (SPEC 4); a 400 error for non-answer call types."""
-    rejected = [(b"x-llm-guard-rejected", stage.encode())]
+def refusal_answer(message: str, call_type: str, stream: bool, usage: bool, model: str, stage: str) -> Answer:
+    """``message`` as the answer the client's request asked for (SPEC 4); a 400 error for non-answer call types."""
     if call_type not in REFUSED_AS_ANSWER:
-        await send_error(send, GuardError(400, message), stage)
-        return
+        return error_answer(GuardError(400, message), stage)
+    rejected = [(b"x-llm-guard-rejected", stage.encode())]
     if not stream:
         if call_type == "completion":
             body = chat_completion(message, model)
@@ -337,12 +333,11 @@ async def send_refusal(
             body = text_completion(message, model)
         else:
             body = responses_object(message, model)
-        await send_body(send, 200, orjson.dumps(body), _JSON_HEADERS, rejected)
-        return
+        return answer(200, orjson.dumps(body), _JSON_HEADERS, rejected)
     if call_type == "completion":
         events = chat_refusal_events(message, model, usage)
     elif call_type == "text_completion":
         events = text_refusal_events(message, model, usage)
     else:
         events = responses_refusal_events(message, model)
-    await send_body(send, 200, b"".join(events), _SSE_HEADERS, rejected)
+    return answer(200, b"".join(events), _SSE_HEADERS, rejected)
