@@ -31,23 +31,35 @@ class ClientDisconnected(Exception):
         self.message = message
 
 
-async def read_body(receive: Receive, limit: int) -> bytes | bytearray:
-    """Every ``http.request`` body, at most ``limit`` bytes (413 as soon as more arrive).
+def whole_body(message: Message, limit: int) -> bytes | None:
+    """The body, when the first ``receive()`` message holds all of it (nearly always); ``None`` if more is coming.
+    A plain function: the common case costs no coroutine."""
+    if message["type"] != "http.request":
+        raise ClientDisconnected("client disconnected before sending the request body")
+    if message.get("more_body", False):
+        return None
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        raise too_large(limit)
+    return body
+
+
+async def read_body(receive: Receive, limit: int, first: Message | None = None) -> bytes | bytearray:
+    """Every ``http.request`` body, at most ``limit`` bytes (413 as soon as more arrive); ``first`` is the first
+    message when it was received already.
 
     A body in one message is returned as it came. Pieces are appended to one growing buffer, each freed as soon
     as it is copied, so a large body costs about its own size once, not twice (a list of pieces plus their join).
     orjson and python-multipart read the buffer as it is.
     """
-    message = await receive()
-    if message["type"] != "http.request":
-        raise ClientDisconnected("client disconnected before sending the request body")
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise too_large(limit)
+    message = await receive() if first is None else first
+    body = whole_body(message, limit)
+    if body is not None:
         return body
-    buffer = bytearray(body)
-    del body, message
+    buffer = bytearray(message.get("body", b""))
+    if len(buffer) > limit:
+        raise too_large(limit)
+    del message, first
     while True:
         message = await receive()
         if message["type"] != "http.request":

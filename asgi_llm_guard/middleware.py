@@ -27,7 +27,7 @@ import orjson
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .auth import UserAPIKeyAuth, hash_key, key_from_header, scope_user_id
-from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large
+from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large, whole_body
 from .cache import DualCache
 from .errors import GuardError, Halt, RejectRequest, from_exception, log_exception
 from .hooks import BoundHook, HookSet, HookTimeout, bind_hooks, log_hook_exception
@@ -41,8 +41,17 @@ logger = logging.getLogger("asgi_llm_guard")
 
 MiB = 1024 * 1024
 AuthCallable = Callable[[Scope], Awaitable[UserAPIKeyAuth]]
-_FORWARD_DROPPED = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"content-encoding"})
 _KEY_HEADERS = {b"authorization": 0, b"api-key": 1, b"x-api-key": 2}  # where a key may be, in precedence order
+_KEY, _CONTENT_TYPE, _CONTENT_LENGTH, _CONTENT_ENCODING, _TRANSFER_ENCODING, _ACCEPT_ENCODING = range(6)
+#: The request headers the guard reads or replaces; every other header is forwarded after one lookup.
+_SPECIAL_HEADERS = {
+    **dict.fromkeys(_KEY_HEADERS, _KEY),
+    b"content-type": _CONTENT_TYPE,
+    b"content-length": _CONTENT_LENGTH,
+    b"content-encoding": _CONTENT_ENCODING,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"accept-encoding": _ACCEPT_ENCODING,
+}
 #: Seconds a guarded request runs before a task starts watching for its client's disconnect.
 _WATCH_AFTER = 0.02
 #: Stands in until the identity is known (a failure before that reports an empty identity).
@@ -264,30 +273,36 @@ class GuardedCall:
         key: bytes | None = None
         key_rank = len(_KEY_HEADERS)
         error: GuardError | None = None
+        special = _SPECIAL_HEADERS
         for header in self.scope["headers"]:
+            kind = special.get(header[0])
+            if kind is None:  # most headers: one lookup, forwarded as they are
+                forwarded.append(header)
+                continue
             name, value = header
-            if name in _FORWARD_DROPPED:
-                if name == b"content-type":
-                    content_type = value
-                elif name == b"content-length":
-                    if not value.strip().isdigit():
-                        error = error or GuardError(400, "The Content-Length header is not a number.")
-                    elif int(value) > limit:
-                        error = error or too_large(limit)
-                elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            if kind == _KEY:
+                rank = _KEY_HEADERS[name]
+                found = key_from_header(name, value)
+                if found and rank < key_rank:  # Bearer, then api-key, then x-api-key, whatever their order
+                    key, key_rank = found, rank
+                forwarded.append(header)
+            elif kind == _CONTENT_TYPE:
+                content_type = value
+            elif kind == _CONTENT_LENGTH:
+                if not value.strip().isdigit():
+                    error = error or GuardError(400, "The Content-Length header is not a number.")
+                elif int(value) > limit:
+                    error = error or too_large(limit)
+            elif kind == _CONTENT_ENCODING:
+                if value.strip().lower() not in (b"", b"identity"):
                     error = GuardError(
                         415,
                         f"Content-Encoding {value.decode('latin-1')!r} is not supported; send the body uncompressed.",
                     )
-                continue
-            rank = _KEY_HEADERS.get(name)
-            if rank is not None:
-                found = key_from_header(name, value)
-                if found and rank < key_rank:  # Bearer, then api-key, then x-api-key, whatever their order
-                    key, key_rank = found, rank
-            elif drop_accept_encoding and name == b"accept-encoding":
-                continue
-            forwarded.append(header)
+            elif kind == _ACCEPT_ENCODING:
+                if not drop_accept_encoding:
+                    forwarded.append(header)
+            # transfer-encoding: the body the app gets has a content-length instead
         self.forwarded_headers = forwarded
         self.content_type = content_type
         self._presented_key = key
@@ -399,14 +414,19 @@ class GuardedCall:
                 if self.guard.auth is None:
                     key = self._presented_key
                     self.user = UserAPIKeyAuth(
-                        api_key=hash_key(key.decode("latin-1")) if key else None, user_id=scope_user_id(self.scope)
+                        api_key=hash_key(key.decode("latin-1")) if key else None,
+                        user_id=scope_user_id(self.scope) if "user" in self.scope else None,
                     )
                 else:
                     await self._authenticate(self.guard.auth)
                 if self._header_error is not None:
                     raise Halt(self._header_error, self._header_error)
                 try:
-                    body = await read_body(self.receive, self.guard.max_body_bytes)
+                    message = await self.receive()
+                    body: bytes | bytearray | None = whole_body(message, self.guard.max_body_bytes)
+                    if body is None:
+                        body = await read_body(self.receive, self.guard.max_body_bytes, message)
+                    del message
                 except GuardError as error:
                     raise Halt(error, error) from None
                 self._parse(body)
@@ -543,7 +563,13 @@ class GuardedCall:
         answer, not an accident, and raising costs more than the refusal itself."""
         args = self.args
         for hook in self.hooks.pre_call:
-            result = await self.run_hook(hook, args, "pre_call")
+            if hook.direct:  # run_hook's work, one coroutine less
+                try:
+                    result = await hook.invoke(args)
+                except Exception as exc:
+                    raise Halt(self.outcome(exc, hook, "pre_call"), exc) from None
+            else:
+                result = await self.run_hook(hook, args, "pre_call")
             if result is None:
                 continue
             if isinstance(result, dict):
