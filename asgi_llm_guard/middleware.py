@@ -424,9 +424,10 @@ class GuardedCall:
                 try:
                     message = await self.receive()
                     body: bytes | bytearray | None = whole_body(message, self.guard.max_body_bytes)
-                    if body is None:
-                        body = await read_body(self.receive, self.guard.max_body_bytes, message)
-                    del message
+                    if body is None:  # more to come: read_body takes the first piece over (and frees it)
+                        first = [message]
+                        del message
+                        body = await read_body(self.receive, self.guard.max_body_bytes, first)
                 except GuardError as error:
                     raise Halt(error, error) from None
                 self._parse(body)
