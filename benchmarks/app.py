@@ -14,6 +14,8 @@ Variants, selectable by name (``build("guarded_pre")``), as module attributes fo
 - ``bare``: the app alone
 - ``noop``: the app behind a no-op pure ASGI middleware, the floor any middleware pays
 - ``guarded_pre``: ``LLMHookMiddleware`` with one trivial ``async_pre_call_hook``
+- ``floor``: :class:`FloorGuard`, the bare minimum a body-rewriting guard does, with the same hook (a reference,
+  not a product: no checks, no response tracking, no errors)
 - ``guarded_pre_post``: the same plus a trivial ``async_post_call_success_hook``
 - ``guarded_stream``: ``LLMHookMiddleware`` with a trivial per-chunk ``async_post_call_streaming_hook``
 - ``guarded_refuse``: a pre-call hook that refuses every request (no downstream call)
@@ -218,6 +220,37 @@ class SleepModeration:
         await asyncio.sleep(self.seconds)
 
 
+class FloorGuard:
+    """The least any guard that lets a hook rewrite the body must do: read the body, parse it, call one hook,
+    serialise the result and replay it to the app. Nothing else: no identity, no bounds or content checks, no
+    response tracking, no error answers, no disconnect handling. Not a product, a reference point: the ratio it
+    gets is the ceiling for ``chat_pre``."""
+
+    def __init__(self, app: ASGIApp, hook: PreCallHook) -> None:
+        self.app, self.hook = app, hook
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        body = message.get("body", b"")
+        while message.get("more_body", False):
+            message = await receive()
+            body += message.get("body", b"")
+        data = orjson.loads(body)
+        result = await self.hook.async_pre_call_hook(None, None, data, "completion")
+        replayed = orjson.dumps(data if result is None else result)
+        pending = [{"type": "http.request", "body": replayed, "more_body": False}]
+
+        async def replay() -> Any:
+            return pending.pop() if pending else await receive()
+
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(replayed)).encode()))
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
 # -- variants
 
 
@@ -227,6 +260,10 @@ def make_noop() -> ASGIApp:
 
 def make_guarded_pre(**options: Any) -> ASGIApp:
     return LLMHookMiddleware(make_bare(), hooks=[PreCallHook()], **options)
+
+
+def make_floor() -> ASGIApp:
+    return FloorGuard(make_bare(), PreCallHook())
 
 
 def make_guarded_pre_post() -> ASGIApp:
@@ -251,6 +288,7 @@ VARIANTS: dict[str, Callable[[], ASGIApp]] = {
     "bare": make_bare,
     "noop": make_noop,
     "guarded_pre": make_guarded_pre,
+    "floor": make_floor,
     "guarded_pre_post": make_guarded_pre_post,
     "guarded_stream": make_guarded_stream,
     "guarded_refuse": make_guarded_refuse,
