@@ -80,7 +80,7 @@ class StreamRewriter:
         self._generators: list[Any] = []  # the iterator chain, to close when the stream ends
         self._done_event: bytes | None = None
         #: Per-chunk hooks only, on a stream whose events need no bookkeeping: :meth:`feed` may take its fast path.
-        self.quick = not self.iterators and call.call_type != "responses"  # and no `event:` names seen
+        self.quick = not self.iterators and call.call_type != "responses"
         self.single = self.per_chunk[0] if len(self.per_chunk) == 1 and self.per_chunk[0].direct else None
 
     # -- input -------------------------------------------------------------------------------------------
@@ -164,7 +164,6 @@ class StreamRewriter:
     def _parse(self, event: SSEEvent) -> dict[str, Any] | None:
         if event.event is not None:
             self.named = True
-            self.quick = False
         data = event.data
         if data is None or (data[:1] != b"{" and not data.lstrip().startswith(b"{")):
             return None  # no JSON object: [DONE], comments, other text pass through as they are
