@@ -44,22 +44,17 @@ def whole_body(message: Message, limit: int) -> bytes | None:
     return body
 
 
-async def read_body(receive: Receive, limit: int, first: list[Message] | None = None) -> bytes | bytearray:
-    """Every ``http.request`` body, at most ``limit`` bytes (413 as soon as more arrive); ``first`` holds the first
-    message when it was received already (in a list, which this empties: the caller keeps no reference to it).
+async def read_body(receive: Receive, limit: int, first: list[Message]) -> bytearray:
+    """The whole body, at most ``limit`` bytes (413 as soon as more arrive), when its first message (``first[0]``)
+    said more is coming. ``first`` is a list this empties, so the caller holds no reference to that message.
 
-    A body in one message is returned as it came. Pieces are appended to one growing buffer, each freed as soon
-    as it is copied, so a large body costs about its own size once, not twice (a list of pieces plus their join).
-    orjson and python-multipart read the buffer as it is.
+    Pieces are appended to one growing buffer, each freed as soon as it is copied, so a large body costs about its
+    own size once, not twice (a list of pieces plus their join). orjson and python-multipart read the buffer as
+    it is.
     """
-    message = await receive() if not first else first.pop()
-    body = whole_body(message, limit)
-    if body is not None:
-        return body
-    buffer = bytearray(message.get("body", b""))
+    buffer = bytearray(first.pop().get("body", b""))
     if len(buffer) > limit:
         raise too_large(limit)
-    del message
     while True:
         message = await receive()
         if message["type"] != "http.request":

@@ -142,6 +142,15 @@ async def test_chunked_oversize_stops_reading_at_the_limit() -> None:
     assert down.received == []
 
 
+async def test_a_first_piece_over_the_limit_is_413_before_reading_more() -> None:
+    app, down = guarded(Rewrite(), max_body_bytes=100)
+    script = Script(body_messages(b"x" * 1000, parts=5))  # 200-byte pieces, no content-length
+    await app(http_scope(), script.receive, script.send)
+    assert script.status == 413
+    assert script.receive_calls == 1
+    assert down.received == []
+
+
 async def test_body_exactly_at_the_limit_is_accepted() -> None:
     body = orjson.dumps({**chat(), "pad": ""})
     body = orjson.dumps({**chat(), "pad": "x" * (200 - len(body))})
