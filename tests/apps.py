@@ -71,6 +71,42 @@ def sse(chunks: Iterable[dict[str, Any]], done: bool = True) -> list[bytes]:
     return out
 
 
+#: The named events of a streamed Responses API refusal, in order (SPEC 4).
+RESPONSES_REFUSAL_EVENTS = [
+    "response.created",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
+
+async def read_request(scope: Any, receive: Any, send: Any, lifespan: list[str] | None = None) -> bytes | None:
+    """What every test downstream does first: answer the lifespan protocol (``None`` once it has ended, the
+    message types noted in ``lifespan``), or read the whole request body."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if lifespan is not None:
+                lifespan.append(message["type"])
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return None
+    body = b""
+    if scope["method"] == "POST":
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+    return body
+
+
 class Downstream:
     """An OpenAI-compatible ASGI app that records every request it receives.
 
@@ -96,22 +132,9 @@ class Downstream:
         self.finished = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                self.lifespan.append(message["type"])
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        if scope["method"] == "POST":
-            while True:
-                message = await receive()
-                body += message.get("body", b"")
-                if not message.get("more_body", False):
-                    break
+        body = await read_request(scope, receive, send, self.lifespan)
+        if body is None:
+            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.received.append(Received(scope["path"], headers, body, scope.get("state", {}).get("llm_guard")))
         if scope["method"] == "GET":

@@ -19,24 +19,13 @@ import orjson
 
 from asgi_llm_guard import DualCache, LLMHookMiddleware
 from asgi_llm_guard.contrib.limiter import ParallelRequestLimiter
+from tests.apps import read_request
 
 
 async def downstream(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = b""
-    if scope["method"] == "POST":
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+    body = await read_request(scope, receive, send)
+    if body is None:
+        return
     headers = dict(scope["headers"])
     delay = float(headers.get(b"x-delay", os.environ.get("DOWNSTREAM_DELAY", "0.5")))
     data = orjson.loads(body) if body else {}

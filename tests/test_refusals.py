@@ -10,7 +10,7 @@ import pytest
 from asgi_llm_guard import RejectRequest
 from asgi_llm_guard.sse import SSEParser
 
-from .apps import chat, client, guarded
+from .apps import RESPONSES_REFUSAL_EVENTS, chat, client, guarded
 
 MESSAGE = 'Refused: "quoted" \n\ndata: [DONE]\n\n<b>'
 
@@ -133,16 +133,7 @@ async def test_streamed_responses_refusal_uses_named_events() -> None:
         response = await c.post("/v1/responses", json={"model": "gpt-4o", "input": "hi", "stream": True})
     parsed = events(response.content)
     names = [event.event for event in parsed]
-    assert names == [
-        "response.created",
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert names == RESPONSES_REFUSAL_EVENTS
     payloads = [orjson.loads(event.data) for event in parsed]
     assert [p["type"] for p in payloads] == names
     assert [p["sequence_number"] for p in payloads] == list(range(8))

@@ -15,7 +15,7 @@ import pytest
 from fastapi import HTTPException
 
 from asgi_llm_guard import LLMHookMiddleware
-from tests.apps import Downstream, guarded
+from tests.apps import RESPONSES_REFUSAL_EVENTS, Downstream, guarded
 from tests.servers import serve
 
 REFUSAL = "I can't help with that request."
@@ -196,16 +196,7 @@ async def test_streamed_responses_refusal() -> None:
         events = [event async for event in stream]
 
     types = [event.type for event in events]
-    assert types == [
-        "response.created",
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert types == RESPONSES_REFUSAL_EVENTS
     # typed events, not plain dicts
     assert all(type(event).__name__.startswith("Response") for event in events)
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == REFUSAL
