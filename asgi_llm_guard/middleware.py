@@ -495,7 +495,7 @@ class GuardedCall:
         back here, exceptions' tracebacks to frames that point here), so plain reference counting frees them as
         the request ends instead of the garbage collector, whose pauses showed in the tail latency."""
         self.pipeline.call = None  # type: ignore[assignment]
-        self.pipeline.stream = None
+        self.pipeline.stream = self.pipeline._feed = None
         self.args = {}
         self._watcher = None
         self._watch_args = None

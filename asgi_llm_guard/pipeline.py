@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -75,13 +75,13 @@ class ResponsePipeline:
     """The downstream app's ``send`` for one guarded request."""
 
     __slots__ = (
-        "call", "_send", "status", "started", "done", "_passing", "_app_started", "_app_done", "_held",
-        "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream",
+        "call", "client_send", "status", "started", "done", "_passing", "_app_started", "_app_done", "_held",
+        "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream", "_feed",
     )
 
     def __init__(self, call: GuardedCall, send: Send) -> None:
         self.call = call
-        self._send = send
+        self.client_send = send  # the client's own: body messages that are neither first nor last go straight to it
         self.status = 500  # what the client was sent; 500 until a start goes out
         self.started = False  # http.response.start went to the client
         self.done = False  # the final body went to the client
@@ -95,6 +95,7 @@ class ResponsePipeline:
         self._start: Message | None = None
         self._chunks: list[bytes] = []
         self.stream: StreamRewriter | None = None
+        self._feed: Callable[[bytes, bool], Awaitable[None]] | None = None  # the rewriter's, while it takes chunks
 
     # -- to the client -----------------------------------------------------------------------------------
 
@@ -111,20 +112,18 @@ class ResponsePipeline:
             self._sent_start = message
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.done = True
-        await self._send(message)
+            self._feed = None
+        await self.client_send(message)
 
     async def answer(self, answer: Answer) -> None:
         """Send an answer the middleware wrote itself (a refusal or an error), start and body."""
         status, headers, body = answer
         start = {"type": "http.response.start", "status": status, "headers": headers}
         self.started, self.status, self._sent_start = True, status, start
-        await self._send(start)
+        await self.client_send(start)
         self.done = True
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
-
-    def send_to_client(self, message: Message) -> Awaitable[None]:
-        """The client's own ``send``, for a body message that is neither the first nor the last."""
-        return self._send(message)
+        self._feed = None
+        await self.client_send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def emit_start(self) -> None:
         """Send the held start message, if one is held."""
@@ -152,6 +151,9 @@ class ResponsePipeline:
             index += 1
         self._held = None
         self._passing = self._mode == _PASS and self.started and not self.done
+        if self._mode == _STREAM and not self.done and not self._app_done:
+            assert self.stream is not None
+            self._feed = self.stream.feed
 
     def drop(self) -> None:
         """Forget what the app sent; it never reaches the client (a moderation hook rejected)."""
@@ -167,14 +169,15 @@ class ResponsePipeline:
             if not message.get("more_body", False):
                 self._passing = False
                 self._app_done = self.done = True
-            return self._send(message)
-        if self._mode == _STREAM and self._held is None and not self.done and message["type"] == "http.response.body":
+            return self.client_send(message)
+        feed = self._feed
+        if feed is not None and message["type"] == "http.response.body":
             # Every chunk of a stream the streaming hooks read: to the rewriter, nothing else to decide.
             more = message.get("more_body", False)
             if not more:
                 self._app_done = True
-            assert self.stream is not None
-            return self.stream.feed(message.get("body", b""), more)
+                self._feed = None
+            return feed(message.get("body", b""), more)
         if (
             message["type"] == "http.response.start"
             and not self._app_started
@@ -186,7 +189,7 @@ class ResponsePipeline:
             self._app_started = self.started = self._passing = True
             self.status = message["status"]
             self._sent_start = message
-            return self._send(message)
+            return self.client_send(message)
         return self._send_other(message)
 
     async def _send_other(self, message: Message) -> None:
@@ -255,6 +258,8 @@ class ResponsePipeline:
                     headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"content-length"]
                     self._mode, self._start = _STREAM, {**message, "headers": headers}
                     self.stream = StreamRewriter(self.call, self)
+                    if self._held is None:
+                        self._feed = self.stream.feed
                     return
             elif hooks.success and 200 <= status < 300 and _is_json(content_type):
                 self._mode, self._start = _SUCCESS, message

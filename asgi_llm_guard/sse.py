@@ -78,6 +78,11 @@ class SSEParser:
         self._retry: int | None = None
         self._has = False  # the current event has at least one (non-blank) line
 
+    @property
+    def idle(self) -> bool:
+        """Nothing pending: the next chunk starts a new event, and needs no BOM or CRLF handling."""
+        return not self._buf and not self._bom and not self._cr
+
     def whole_data_event(self, chunk: bytes) -> bool:
         """True when ``chunk`` is exactly one whole ``data:`` event and nothing is pending: what LLM streams send
         nearly always. Such a chunk needs no scan (its data is ``chunk[6:-2]``) and leaves the parser as it was."""

@@ -57,6 +57,18 @@ def error_events(
     yield DONE
 
 
+def _chunk_hook_pair(hooks: tuple[BoundHook, ...], args: dict[str, Any]) -> tuple[Any, Any] | None:
+    """For one direct per-chunk hook with LiteLLM's signature, ``(user_api_key_dict, response)`` or any
+    ``(x, response)`` by position: its method and the first argument, which stays the same for the whole stream."""
+    if len(hooks) != 1:
+        return None
+    hook = hooks[0]
+    names = hook.positional
+    if not hook.direct or hook.keywords or len(names) != 2 or names[1] != "response" or names[0] not in args:
+        return None
+    return hook.method, args[names[0]]
+
+
 class StreamRewriter:
     """One SSE response through the streaming hooks; owned by the request's :class:`ResponsePipeline`."""
 
@@ -81,15 +93,23 @@ class StreamRewriter:
         self._done_event: bytes | None = None
         #: Per-chunk hooks only, on a stream whose events need no bookkeeping: :meth:`feed` may take its fast path.
         self.quick = not self.iterators and call.call_type != "responses"
-        self.single = self.per_chunk[0] if len(self.per_chunk) == 1 and self.per_chunk[0].direct else None
+        self.idle = False  # `quick`, and nothing pending in the parser
+        self.hook_pair = _chunk_hook_pair(self.per_chunk, call.args)
 
     # -- input -------------------------------------------------------------------------------------------
 
     async def feed(self, body: bytes, more: bool) -> None:
         """Called for each body message the app sends."""
-        if self.quick and more and body[6:7] == b"{" and self.parser.whole_data_event(body):
-            # Nearly every chunk of a chat or text-completion stream: one `data: {…}` event in one message.
-            # The same steps as below, without the general machinery around them.
+        if (
+            self.idle
+            and more
+            and body.startswith(b"data: {")
+            and body.find(b"\n") == len(body) - 2  # the first line break is the next-to-last byte...
+            and body[-1] == 0x0A  # ...and the last one ends the event
+            and body.find(b"\r") < 0
+        ):
+            # Nearly every chunk of a chat or text-completion stream: one whole `data: {…}` event in one message,
+            # nothing pending in the parser. The same steps as below, without the general machinery around them.
             try:
                 chunk = orjson.loads(body[6:-2])
             except orjson.JSONDecodeError:
@@ -98,19 +118,17 @@ class StreamRewriter:
                 if self.first is None:
                     self.first = chunk
                 try:
-                    hook = self.single
-                    if hook is None:
+                    pair = self.hook_pair
+                    if pair is None:
                         chunk = await self._apply_per_chunk(chunk)
                     else:  # _apply_per_chunk for one direct hook, inlined: this runs for every chunk
-                        args = self.call.args
-                        args["response"] = chunk
                         try:
-                            result = await hook.invoke(args)
+                            result = await pair[0](pair[1], chunk)
                         except Exception as exc:
-                            raise Halt(self.call.outcome(exc, hook, "streaming"), exc) from None
+                            raise Halt(self.call.outcome(exc, self.per_chunk[0], "streaming"), exc) from None
                         if result is not None:
                             if not isinstance(result, dict):
-                                error = self.call.wrong_type(hook, result, "a dict or None")
+                                error = self.call.wrong_type(self.per_chunk[0], result, "a dict or None")
                                 raise Halt(error, TypeError(error.message))
                             chunk = result
                     try:
@@ -123,9 +141,10 @@ class StreamRewriter:
                 pipeline = self.pipeline
                 if not pipeline.started:
                     await pipeline.emit_start()
-                await pipeline.send_to_client({"type": "http.response.body", "body": encoded, "more_body": True})
+                await pipeline.client_send({"type": "http.response.body", "body": encoded, "more_body": True})
                 return
         events = self.parser.feed(body) if body else []
+        self.idle = self.quick and self.parser.idle
         if self.iterators:
             if self._consumer is None:
                 self._queue = asyncio.Queue(_QUEUE_SIZE)
@@ -313,7 +332,7 @@ class StreamRewriter:
         pipeline = self.pipeline
         if not pipeline.started:
             await pipeline.emit_start()
-        await pipeline.send_to_client({"type": "http.response.body", "body": body, "more_body": True})
+        await pipeline.client_send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def end_with(self, outcome: RejectRequest | GuardError) -> None:
         """End a stream that has started with a refusal or an error (SPEC 4 and 5)."""

@@ -118,6 +118,43 @@ async def test_per_chunk_hook_may_return_a_replacement() -> None:
     assert all(c == "[DONE]" or c["replaced"] for c in payloads(script.body))
 
 
+class UpperReversed:
+    async def async_post_call_streaming_hook(self, response: dict, user_api_key_dict: Any) -> Any:
+        return await Upper().async_post_call_streaming_hook(user_api_key_dict, response)
+
+
+class UpperKeywords:
+    async def async_post_call_streaming_hook(self, *, user_api_key_dict: Any, response: dict) -> Any:
+        return await Upper().async_post_call_streaming_hook(user_api_key_dict, response)
+
+
+class UpperSync:
+    def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        choice = response["choices"][0]
+        if choice["delta"].get("content"):
+            choice["delta"]["content"] = choice["delta"]["content"].upper()
+        return None
+
+
+@pytest.mark.parametrize(
+    ("hook", "options"),
+    [
+        (Upper(), {}),  # LiteLLM's signature: the call inlined per chunk
+        (UpperReversed(), {}),
+        (UpperKeywords(), {}),
+        (UpperSync(), {}),
+        (Upper(), {"hook_timeout": 5.0}),  # bounded: through run_hook
+    ],
+    ids=["litellm-signature", "reversed", "keyword-only", "sync", "with-timeout"],
+)
+async def test_every_hook_shape_rewrites_the_same_stream(hook: Any, options: dict[str, Any]) -> None:
+    script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[hook], **options))
+    assert len(script.sent) == 1 + len(CHAT_EVENTS) + 1
+    chunks = payloads(script.body)
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[:-1]] == ["HEL", "LO", " WOR", "LD", None]
+    assert chunks[-1] == "[DONE]"
+
+
 async def test_events_split_across_messages_and_non_json_events_pass_through() -> None:
     raw = b": keep-alive\n\n" + b"".join(CHAT_EVENTS[:2]) + b"event: ping\ndata: not json\n\n" + CHAT_EVENTS[2]
     pieces = [raw[i : i + 7] for i in range(0, len(raw), 7)]
