@@ -221,13 +221,14 @@ class SleepModeration:
 
 
 class FloorGuard:
-    """The least any guard that lets a hook rewrite the body must do: read the body, parse it, call one hook,
-    serialise the result and replay it to the app. Nothing else: no identity, no bounds or content checks, no
-    response tracking, no error answers, no disconnect handling. Not a product, a reference point: the ratio it
-    gets is the ceiling for ``chat_pre``."""
+    """The least any guard that lets hooks rewrite a request must do: read the body, parse it, call the pre-call
+    hook, serialise the result and replay it to the app; with ``chunk_hook``, also parse each ``data: {…}`` chunk
+    of the response, call the hook and serialise it again. Nothing else: no identity, no bounds or content checks,
+    no SSE framing checks, no response tracking, no error answers, no disconnect handling. Not a product, a
+    reference point: the ratio it gets is the ceiling for the scenario it stands beside."""
 
-    def __init__(self, app: ASGIApp, hook: PreCallHook) -> None:
-        self.app, self.hook = app, hook
+    def __init__(self, app: ASGIApp, hook: PreCallHook | None, chunk_hook: PerChunkHook | None = None) -> None:
+        self.app, self.hook, self.chunk_hook = app, hook, chunk_hook
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
@@ -239,8 +240,10 @@ class FloorGuard:
             message = await receive()
             body += message.get("body", b"")
         data = orjson.loads(body)
-        result = await self.hook.async_pre_call_hook(None, None, data, "completion")
-        replayed = orjson.dumps(data if result is None else result)
+        if self.hook is not None:
+            result = await self.hook.async_pre_call_hook(None, None, data, "completion")
+            data = data if result is None else result
+        replayed = orjson.dumps(data)
         pending = [{"type": "http.request", "body": replayed, "more_body": False}]
 
         async def replay() -> Any:
@@ -248,7 +251,23 @@ class FloorGuard:
 
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(replayed)).encode()))
-        await self.app({**scope, "headers": headers}, replay, send)
+        await self.app({**scope, "headers": headers}, replay, send if self.chunk_hook is None else self._rewriter(send))
+
+    def _rewriter(self, send: Any) -> Any:
+        hook = self.chunk_hook
+        assert hook is not None
+
+        async def rewrite(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if body.startswith(b"data: {"):
+                    chunk = orjson.loads(body[6:])
+                    result = await hook.async_post_call_streaming_hook(None, chunk)
+                    body = b"data: " + orjson.dumps(chunk if result is None else result) + b"\n\n"
+                    message = {"type": "http.response.body", "body": body, "more_body": message.get("more_body", False)}
+            await send(message)
+
+        return rewrite
 
 
 # -- variants
@@ -264,6 +283,10 @@ def make_guarded_pre(**options: Any) -> ASGIApp:
 
 def make_floor() -> ASGIApp:
     return FloorGuard(make_bare(), PreCallHook())
+
+
+def make_floor_stream() -> ASGIApp:
+    return FloorGuard(make_bare(), None, chunk_hook=PerChunkHook())
 
 
 def make_guarded_pre_post() -> ASGIApp:
@@ -289,6 +312,7 @@ VARIANTS: dict[str, Callable[[], ASGIApp]] = {
     "noop": make_noop,
     "guarded_pre": make_guarded_pre,
     "floor": make_floor,
+    "floor_stream": make_floor_stream,
     "guarded_pre_post": make_guarded_pre_post,
     "guarded_stream": make_guarded_stream,
     "guarded_refuse": make_guarded_refuse,

@@ -337,9 +337,17 @@ class Scenario:
 SCENARIOS = (
     Scenario("nonguarded", "GET /health (not guarded)", HEALTH, "guarded_pre"),
     Scenario("chat_pre", "chat JSON, 1 pre-call hook", CHAT, "guarded_pre"),
-    Scenario("chat_floor", "chat JSON, reference: the bare-minimum guard (FloorGuard)", CHAT, "floor"),
+    Scenario("chat_pre_floor", "chat JSON, reference: the bare-minimum guard (FloorGuard)", CHAT, "floor"),
     Scenario("stream100", "100-chunk stream, no streaming hook", STREAM, "guarded_pre", "stream"),
+    Scenario("stream100_floor", "100-chunk stream, reference: FloorGuard", STREAM, "floor", "stream"),
     Scenario("stream100_chunk_hook", "100-chunk stream, per-chunk hook", STREAM, "guarded_stream", "stream"),
+    Scenario(
+        "stream100_chunk_hook_floor",
+        "100-chunk stream, reference: FloorGuard with the per-chunk hook",
+        STREAM,
+        "floor_stream",
+        "stream",
+    ),
     Scenario("refusal", "guard's refusal vs bare app's normal answer", CHAT, "guarded_refuse", "refusal"),
 )
 

@@ -159,14 +159,25 @@ class Scenario:
     requests: int  # per repetition, full run
     expect_events: int = 0  # SSE events (chunks + [DONE]) the guarded answer must carry
     refusal: bool = False
+    floor: str | None = None  # the FloorGuard variant doing the same work, as a reference
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return VARIANT_LABELS + (("floor",) if self.floor else ())
 
 
 SCENARIOS = (
     Scenario("nonguarded", "GET /health (not guarded)", HEALTH, "guarded_pre", 2000),
-    Scenario("chat_pre", "chat JSON, 1 pre-call hook", CHAT, "guarded_pre", 1000),
+    Scenario("chat_pre", "chat JSON, 1 pre-call hook", CHAT, "guarded_pre", 1000, floor="floor"),
     Scenario("chat_pre_post", "chat JSON, pre + post-call success hooks", CHAT, "guarded_pre_post", 1000),
     Scenario(
-        "stream100", "100-chunk stream, no streaming hook", STREAM, "guarded_pre", 100, expect_events=101
+        "stream100",
+        "100-chunk stream, no streaming hook",
+        STREAM,
+        "guarded_pre",
+        100,
+        expect_events=101,
+        floor="floor",
     ),
     Scenario(
         "stream100_chunk_hook",
@@ -175,6 +186,7 @@ SCENARIOS = (
         "guarded_stream",
         100,
         expect_events=101,
+        floor="floor_stream",
     ),
     Scenario(
         "refusal",
@@ -190,7 +202,7 @@ VARIANT_LABELS = ("bare", "noop", "guard")
 
 @dataclass
 class Samples:
-    us: dict[str, list[float]] = field(default_factory=lambda: {label: [] for label in VARIANT_LABELS})
+    us: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _check(label: str, scenario: Scenario, exchange: Exchange) -> None:
@@ -241,20 +253,23 @@ async def measure_scenario(scenario: Scenario, reps: int, n: int) -> Samples:
         "noop": bench_app.build("noop"),
         "guard": bench_app.build(scenario.guard),
     }
+    if scenario.floor:
+        apps["floor"] = bench_app.build(scenario.floor)
     scope = scenario.spec.scope()
     for label, app in apps.items():
         _check(label, scenario, await call(app, scenario.spec, scope))
-        if scenario.expect_events and label == "guard":
+        if scenario.expect_events and label in ("guard", "floor"):
             events = await _stream_events(app, scenario.spec)
             if events != scenario.expect_events:
                 raise RuntimeError(
                     f"{scenario.name}/{label}: {events} SSE events, expected {scenario.expect_events}"
                 )
         await _batch(app, scenario.spec, scope, max(n // 4, 1))  # warm-up, discarded
-    samples = Samples()
+    labels = scenario.labels
+    samples = Samples({label: [] for label in labels})
     for rep in range(reps):
-        shift = rep % len(VARIANT_LABELS)
-        for label in VARIANT_LABELS[shift:] + VARIANT_LABELS[:shift]:
+        shift = rep % len(labels)
+        for label in labels[shift:] + labels[:shift]:
             samples.us[label].append(await _batch(apps[label], scenario.spec, scope, n))
     left = await tasks_left_behind()
     if left:
@@ -320,10 +335,11 @@ def run_layer(quick: bool = False, reps: int | None = None) -> dict[str, Any]:
             stats: dict[str, Any] = {
                 "title": scenario.title,
                 "guard_variant": scenario.guard,
+                "floor_variant": scenario.floor,
                 "requests": n,
                 "reps": reps,
             }
-            for label in VARIANT_LABELS:
+            for label in scenario.labels:
                 values = samples.us[label]
                 q1, q3 = quartiles(values)
                 stats[label] = {
@@ -349,12 +365,17 @@ def run_layer(quick: bool = False, reps: int | None = None) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     rows = []
     for name, stats in result["scenarios"].items():
-        for label in VARIANT_LABELS:
+        for label in (*VARIANT_LABELS, "floor"):
+            if label not in stats:
+                continue
             s = stats[label]
             rows.append(
                 [
                     name if label == "bare" else "",
-                    label if label != "guard" else f"guard ({stats['guard_variant']})",
+                    {
+                        "guard": f"guard ({stats['guard_variant']})",
+                        "floor": f"FloorGuard ({stats.get('floor_variant')}, reference)",
+                    }.get(label, label),
                     s["median_us"],
                     f"{s['q1_us']:.1f}-{s['q3_us']:.1f}",
                     f"{s['min_us']:.1f}-{s['max_us']:.1f}",

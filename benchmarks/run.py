@@ -103,6 +103,23 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+#: The end-to-end targets that have a reference floor: the scenario whose ratio is that target's, and beside it
+#: the same load through FloorGuard (``benchmarks/app.py``), the least any guard doing that work can cost.
+FLOORS = {
+    "chat_pre_throughput": "chat_pre_floor",
+    "stream100_throughput": "stream100_floor",
+    "stream100_chunk_hook_throughput": "stream100_chunk_hook_floor",
+}
+
+
+def floors(results: dict[str, Any]) -> dict[str, float | None]:
+    scenarios = (results.get("e2e") or {}).get("scenarios", {})
+    return {
+        name: scenarios[scenario]["median_ratio"] if scenario in scenarios else None
+        for name, scenario in FLOORS.items()
+    }
+
+
 def summary(results: dict[str, Any], quick: bool, elapsed: float, digest: str) -> dict[str, Any]:
     checks = targets(results)
     measured = [t["ok"] for t in checks.values() if t["ok"] is not None]
@@ -115,6 +132,7 @@ def summary(results: dict[str, Any], quick: bool, elapsed: float, digest: str) -
         "package_changed_during_run": package_digest() != digest,
         "all_ok": all(measured) if measured else None,
         "targets": checks,
+        "floors": floors(results),
     }
     inp = results.get("inprocess")
     if inp:
@@ -125,6 +143,7 @@ def summary(results: dict[str, Any], quick: bool, elapsed: float, digest: str) -
                 "guard_us": s["guard"]["median_us"],
                 "guard_vs_bare": s["guard_vs_bare"],
                 "guard_vs_noop": s["guard_vs_noop"],
+                **({"floor_us": s["floor"]["median_us"]} if "floor" in s else {}),
             }
             for name, s in inp["scenarios"].items()
         }
@@ -166,7 +185,7 @@ def summary(results: dict[str, Any], quick: bool, elapsed: float, digest: str) -
     return _clean(out)
 
 
-def targets_report(checks: dict[str, dict[str, Any]]) -> str:
+def targets_report(checks: dict[str, dict[str, Any]], floor_ratios: dict[str, float | None]) -> str:
     rows = [
         [
             name,
@@ -174,10 +193,16 @@ def targets_report(checks: dict[str, dict[str, Any]]) -> str:
             "-" if t["value"] is None else t["value"],
             f"{t['op']} {t['limit']:g}",
             {True: "ok", False: "FAIL", None: "not run"}[t["ok"]],
+            "" if floor_ratios.get(name) is None else floor_ratios[name],
         ]
         for name, t in checks.items()
     ]
-    return table(["target", "layer", "value", "needs", "result"], rows, title="Targets (same run)", left=2)
+    return table(
+        ["target", "layer", "value", "needs", "result", "FloorGuard (reference)"],
+        rows,
+        title="Targets (same run). FloorGuard: the same load through the bare-minimum guard, a reference, not a target",
+        left=2,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if out["package_changed_during_run"]:
         print("WARNING: asgi_llm_guard changed while the benchmark ran; layers may have measured "
               "different code", file=sys.stderr, flush=True)
-    print(targets_report(out["targets"]) + "\n", flush=True)
+    print(targets_report(out["targets"], out["floors"]) + "\n", flush=True)
     if not args.quick and not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         path = RESULTS / time.strftime("%Y%m%d-%H%M%S.json")

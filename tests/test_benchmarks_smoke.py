@@ -10,6 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"nonguarded", "chat_pre", "chat_pre_post", "stream100", "stream100_chunk_hook", "refusal"}
+WITH_FLOOR = {"chat_pre", "stream100", "stream100_chunk_hook"}
+FLOORS = {"chat_pre_throughput", "stream100_throughput", "stream100_chunk_hook_throughput"}
 TARGETS = {
     "nonguarded_throughput",
     "nonguarded_vs_noop_floor",
@@ -50,7 +52,10 @@ def test_inprocess_quick_run_prints_the_json_summary() -> None:
     assert set(summary["inprocess"]) == SCENARIOS | {"moderation_race_added_ms"}
     for name in SCENARIOS:
         stats = summary["inprocess"][name]
-        assert set(stats) == {"bare_us", "noop_us", "guard_us", "guard_vs_bare", "guard_vs_noop"}
+        floor = {"floor_us"} if name in WITH_FLOOR else set()
+        assert set(stats) == {"bare_us", "noop_us", "guard_us", "guard_vs_bare", "guard_vs_noop"} | floor, name
         assert all(value > 0 for value in stats.values()), name
+    # the FloorGuard references are end-to-end ratios: not measured by the in-process layer
+    assert summary["floors"] == dict.fromkeys(FLOORS)
     assert "In-process CPU per request" in done.stdout
     assert "Targets (same run)" in done.stdout
