@@ -413,9 +413,10 @@ class GuardedCall:
             try:
                 if self.guard.auth is None:
                     key = self._presented_key
+                    # api_key and user_id, by position: keyword arguments to a class cost a dict per call.
                     self.user = UserAPIKeyAuth(
-                        api_key=hash_key(key.decode("latin-1")) if key else None,
-                        user_id=scope_user_id(self.scope) if "user" in self.scope else None,
+                        hash_key(key.decode("latin-1")) if key else None,
+                        scope_user_id(self.scope) if "user" in self.scope else None,
                     )
                 else:
                     await self._authenticate(self.guard.auth)
