@@ -60,6 +60,30 @@ def hash_key(key: str) -> str:
     return digest
 
 
+_DIGESTS: dict[tuple[bytes, bytes], str | None] = {}
+
+
+def header_digest(name: bytes, value: bytes) -> str | None:
+    """``hash_key`` of the key an ``Authorization``, ``api-key`` or ``x-api-key`` header presents, ``None`` if it
+    presents none. Remembered per header, as :func:`hash_key` remembers digests (bounded, process memory only):
+    parsing, decoding and hashing the same few headers on every request costs more than one lookup."""
+    try:
+        return _DIGESTS[name, value]
+    except KeyError:
+        pass
+    except TypeError:  # not bytes (an ASGI server sends bytes): work it out, do not remember it
+        return _digest(key_from_header(name, value))
+    digest = _digest(key_from_header(name, value))
+    if len(_DIGESTS) >= _HASHED_LIMIT:
+        _DIGESTS.clear()
+    _DIGESTS[name, value] = digest
+    return digest
+
+
+def _digest(key: bytes | None) -> str | None:
+    return hash_key(key.decode("latin-1")) if key else None
+
+
 def key_from_header(name: bytes, value: bytes) -> bytes | None:
     """The key an ``Authorization: Bearer …``, ``api-key`` or ``x-api-key`` header presents, if any."""
     if name == b"authorization":

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .auth import UserAPIKeyAuth, hash_key, key_from_header, scope_user_id
+from .auth import UserAPIKeyAuth, header_digest, scope_user_id
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large, whole_body
 from .cache import DualCache
 from .errors import GuardError, Halt, RejectRequest, from_exception, log_exception
@@ -270,7 +270,7 @@ class GuardedCall:
         drop_accept_encoding = not self.guard.plain_responses
         forwarded = []
         content_type = b""
-        key: bytes | None = None
+        key: str | None = None  # its digest
         key_rank = len(_KEY_HEADERS)
         error: GuardError | None = None
         special = _SPECIAL_HEADERS
@@ -282,7 +282,7 @@ class GuardedCall:
             name, value = header
             if kind == _KEY:
                 rank = _KEY_HEADERS[name]
-                found = key_from_header(name, value)
+                found = header_digest(name, value)
                 if found and rank < key_rank:  # Bearer, then api-key, then x-api-key, whatever their order
                     key, key_rank = found, rank
                 forwarded.append(header)
@@ -412,10 +412,9 @@ class GuardedCall:
         try:
             try:
                 if self.guard.auth is None:
-                    key = self._presented_key
                     # api_key and user_id, by position: keyword arguments to a class cost a dict per call.
                     self.user = UserAPIKeyAuth(
-                        hash_key(key.decode("latin-1")) if key else None,
+                        self._presented_key,
                         scope_user_id(self.scope) if "user" in self.scope else None,
                     )
                 else:
