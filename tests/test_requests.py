@@ -258,6 +258,17 @@ async def test_presented_key_is_hashed(header: str) -> None:
     assert user.token == user.api_key
 
 
+def test_header_digest_is_remembered_and_agrees_with_the_parse() -> None:
+    from asgi_llm_guard.auth import header_digest
+
+    digest = hashlib.sha256(b"sk-1").hexdigest()
+    assert header_digest(b"authorization", b"Bearer sk-1") == digest
+    assert header_digest(b"authorization", b"Bearer sk-1") == digest  # the second time from the table
+    assert header_digest(b"authorization", b"Basic c2stMQ==") is None
+    assert header_digest(b"api-key", b"Bearer sk-1") == hashlib.sha256(b"Bearer sk-1").hexdigest()
+    assert header_digest(b"x-api-key", bytearray(b" sk-1 ")) == digest  # unhashable: worked out, not remembered
+
+
 async def test_missing_key_is_not_an_error() -> None:
     app, down = guarded(Rewrite())
     async with client(app) as c:
