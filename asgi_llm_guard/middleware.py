@@ -237,7 +237,7 @@ class GuardedCall:
     __slots__ = (
         "guard", "hooks", "scope", "receive", "call_type", "data", "content_type", "form",
         "stream_requested", "usage_requested", "model", "user", "args", "pipeline", "forwarded_headers",
-        "_header_error", "_presented_key", "_failure_reported", "_client_gone", "_active", "_watcher",
+        "_header_error", "_key_digest", "_failure_reported", "_client_gone", "_active", "_watcher",
         "_watch_args", "plain_response",
     )
 
@@ -305,7 +305,7 @@ class GuardedCall:
             # transfer-encoding: the body the app gets has a content-length instead
         self.forwarded_headers = forwarded
         self.content_type = content_type
-        self._presented_key = key
+        self._key_digest = key
         self._header_error = error
 
     # -- outcomes ----------------------------------------------------------------------------------------
@@ -414,7 +414,7 @@ class GuardedCall:
                 if self.guard.auth is None:
                     # api_key and user_id, by position: keyword arguments to a class cost a dict per call.
                     self.user = UserAPIKeyAuth(
-                        self._presented_key,
+                        self._key_digest,
                         scope_user_id(self.scope) if "user" in self.scope else None,
                     )
                 else:
