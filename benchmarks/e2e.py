@@ -191,6 +191,8 @@ class LoadResult:
     p99_ms: float
     requests: int
     errors: int  # socket errors, timeouts and non-2xx answers
+    #: Cross-CPU wake-ups of the load generator's CPUs per request (see ``wakeups``); None where not readable.
+    wakeups: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -199,7 +201,34 @@ class LoadResult:
             "p99_ms": round(self.p99_ms, 3),
             "requests": self.requests,
             "errors": self.errors,
+            "wakeups_per_request": None if self.wakeups is None else round(self.wakeups, 1),
         }
+
+
+def wakeups(cpus: str | None) -> int | None:
+    """Inter-processor interrupts so far (function-call and rescheduling, Linux ``/proc/interrupts``) received by
+    ``cpus``: how often another CPU had to wake or poke them. Counted for the load generator's CPUs around a run,
+    per request, it shows how often a server's write found the client's CPU idle and had to wake it. On a VM each
+    of those is costly, and a server that is a little slower per streamed chunk lets the client go idle between
+    chunks, so the end-to-end ratio falls faster than the CPU per chunk rises."""
+    if cpus is None:
+        return None
+    try:
+        lines = Path("/proc/interrupts").read_text().splitlines()
+    except OSError:
+        return None
+    if not lines:
+        return None
+    columns = {name: index for index, name in enumerate(lines[0].split())}
+    wanted = [columns.get(f"CPU{cpu}") for cpu in cpus.split(",")]
+    if None in wanted:
+        return None
+    total = 0
+    for line in lines[1:]:
+        fields = line.split()
+        if fields and fields[0] in ("CAL:", "RES:"):
+            total += sum(int(fields[1 + index]) for index in wanted if index is not None)
+    return total
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -261,10 +290,16 @@ class LoadGenerator:
             str(script),
             base_url + load.path,
         ]
+        cpus = PINNING[1] if PINNING else None
+        before = wakeups(cpus)
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+        after = wakeups(cpus)
         if done.returncode != 0:
             raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-        return parse_wrk(done.stdout)
+        result = parse_wrk(done.stdout)
+        if before is not None and after is not None and result.requests:
+            result.wakeups = (after - before) / result.requests
+        return result
 
 
 def _pinned_here(work: Callable[[], LoadResult]) -> LoadResult:
@@ -448,6 +483,8 @@ def run_layer(
                 "bare_p99_ms": median([r["bare"]["p99_ms"] for r in per_round]),
                 "guard_p99_ms": median([r["guard"]["p99_ms"] for r in per_round]),
                 "errors": sum(r["bare"]["errors"] + r["guard"]["errors"] for r in per_round),
+                "bare_wakeups": _median_or_none([r["bare"]["wakeups_per_request"] for r in per_round]),
+                "guard_wakeups": _median_or_none([r["guard"]["wakeups_per_request"] for r in per_round]),
             }
         if litellm:
             from benchmarks import litellm_proxy
@@ -457,6 +494,15 @@ def run_layer(
                 generator, server("bare"), guard, CHAT, rounds, seconds, work, stack
             )
     return result
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return median(known) if known else None
+
+
+def _wakeup_pair(bare: float | None, guard: float | None) -> str:
+    return "-" if bare is None or guard is None else f"{bare:.0f} -> {guard:.0f}"
 
 
 def report(result: dict[str, Any]) -> str:
@@ -475,6 +521,7 @@ def report(result: dict[str, Any]) -> str:
                     r["bare"]["p99_ms"],
                     r["guard"]["p99_ms"],
                     r["bare"]["errors"] + r["guard"]["errors"],
+                    _wakeup_pair(r["bare"].get("wakeups_per_request"), r["guard"].get("wakeups_per_request")),
                 ]
             )
         rows.append(
@@ -489,6 +536,7 @@ def report(result: dict[str, Any]) -> str:
                 s["bare_p99_ms"],
                 s["guard_p99_ms"],
                 s["errors"],
+                _wakeup_pair(s.get("bare_wakeups"), s.get("guard_wakeups")),
             ]
         )
     text = table(
@@ -503,13 +551,15 @@ def report(result: dict[str, Any]) -> str:
             "bare p99 ms",
             "guard p99",
             "errors",
+            "wakeups/req",
         ],
         rows,
         left=1,
         title=(
             f"End to end: uvicorn (uvloop, httptools, 1 worker) on 127.0.0.1, load by {result['loadgen']} "
             f"(-c{result['connections']}, {result['seconds']:.0f}s per side per round; {result['pinning']}); "
-            "ratio = guard/bare rps"
+            "ratio = guard/bare rps; wakeups/req = inter-processor interrupts the load generator's CPU got per "
+            "request, bare -> guard"
         ),
     )
     lite = result.get("litellm")

@@ -158,6 +158,8 @@ def summary(results: dict[str, Any], quick: bool, elapsed: float, digest: str) -
                 "guard_p50_ms": s["guard_p50_ms"],
                 "bare_p99_ms": s["bare_p99_ms"],
                 "guard_p99_ms": s["guard_p99_ms"],
+                "bare_wakeups_per_request": s.get("bare_wakeups"),
+                "guard_wakeups_per_request": s.get("guard_wakeups"),
             }
             for name, s in e2e["scenarios"].items()
         }
