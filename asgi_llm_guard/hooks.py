@@ -246,62 +246,64 @@ def resolve_hook(entry: object) -> object:
 
 
 def _is_default(hook: object, method_name: str) -> bool:
-    """True when the method is CallHook's own no-op, which need not be called."""
-    return getattr(type(hook), method_name, None) is getattr(CallHook, method_name)
+    """True when the method is CallHook's own no-op, which need not be called (a function set on the instance
+    is not)."""
+    method = getattr(hook, method_name, None)
+    return getattr(method, "__func__", None) is getattr(CallHook, method_name)
 
 
 def _plan(
     hook_name: str, method_name: str, method: Callable[..., Any]
 ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """How to call a hook method: ``(keywords, positional)``, one of them empty.
+
+    A parameter named after an argument (or an alias) gets that argument; each other required parameter gets
+    the next argument no parameter is named after, in LiteLLM's order. So ``(self, data)`` gets ``data``,
+    ``(self, a, b, c, d)`` gets LiteLLM's four by position, and a failure hook ``(self, user_api_key_dict,
+    original_exception, req)`` gets ``request_data`` as ``req``. Parameters that lead the signature are passed
+    by position, the cheapest call there is; otherwise by keyword.
+    """
     offered = HOOK_METHODS[method_name]
     available = set(offered) | {"traceback_str"}
     try:
         signature = inspect.signature(method)
     except (TypeError, ValueError):
         return (), offered  # a builtin or C callable: LiteLLM's positional order
-    keywords: list[tuple[str, str]] = []
+    parameters = [
+        p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if not parameters and any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
+        return (), offered  # (self, *args): LiteLLM's positional order
+    takes_var_keyword = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    sources: dict[str, str] = {}
     unknown: list[str] = []
-    takes_var_keyword = False
-    for parameter in signature.parameters.values():
-        if parameter.kind is parameter.VAR_KEYWORD:
-            takes_var_keyword = True
-            continue
-        if parameter.kind is parameter.VAR_POSITIONAL:
-            continue
+    for parameter in parameters:
         name = parameter.name
         source = name if name in available else _ALIASES.get(name)
-        if source is not None and source in available and parameter.kind is not parameter.POSITIONAL_ONLY:
-            keywords.append((name, source))
+        if source is not None and source in available:
+            sources[name] = source
         elif parameter.default is parameter.empty:
             unknown.append(name)
-    if not unknown:
-        if takes_var_keyword:
-            named = {source for _, source in keywords}
-            keywords.extend((name, name) for name in offered if name not in named)
-            return tuple(keywords), ()
-        leading = [p.name for p in signature.parameters.values()][: len(keywords)]
-        kinds = {p.name: p.kind for p in signature.parameters.values()}
-        if [name for name, _ in keywords] == leading and all(
-            kinds[name] is inspect.Parameter.POSITIONAL_OR_KEYWORD for name in leading
-        ):
-            # The matched parameters lead the signature: pass them by position, the cheapest call there is.
-            return (), tuple(source for _, source in keywords)
-        return tuple(keywords), ()
-    positional_params = [
-        p
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    if len(positional_params) <= len(offered) and all(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        for p in signature.parameters.values()
-        if p.name in unknown
+    unused = [name for name in offered if name not in sources.values()]
+    if len(unknown) > len(unused):
+        raise TypeError(
+            f"{hook_name}.{method_name} has parameters {', '.join(unknown)} that the middleware cannot fill; "
+            f"name them from: {', '.join(offered)}"
+        )
+    sources.update(zip(unknown, unused[: len(unknown)], strict=True))
+    # **kwargs takes every argument no parameter is named after.
+    extra = [(name, name) for name in offered if name not in sources.values()] if takes_var_keyword else []
+    leading = parameters[: len(sources)]
+    if not extra and all(
+        p.name in sources and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in leading
     ):
-        return (), offered[: len(positional_params)]
-    raise TypeError(
-        f"{hook_name}.{method_name} has parameters {', '.join(unknown)} that the middleware cannot fill; "
-        f"name them from: {', '.join(offered)}"
-    )
+        return (), tuple(sources[p.name] for p in leading)
+    if any(p.kind is p.POSITIONAL_ONLY for p in parameters if p.name in sources):
+        raise TypeError(
+            f"{hook_name}.{method_name} has positional-only parameters the middleware cannot fill in order; "
+            f"name them from: {', '.join(offered)}"
+        )
+    return (*sources.items(), *extra), ()
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,54 @@ async def test_positional_parameters_with_other_names_get_litellm_order() -> Non
     assert down.received[0].json["seen"] is True
 
 
+async def test_named_parameters_keep_their_arguments_beside_other_names() -> None:
+    seen: dict[str, Any] = {}
+
+    class Mixed:
+        async def async_pre_call_hook(self, data: dict, auth: Any, call_type: str, store: Any) -> None:
+            seen["pre"] = (type(data), type(auth), call_type, type(store))
+
+        async def async_post_call_failure_hook(
+            self, user_api_key_dict: Any, original_exception: Exception, req: dict
+        ) -> None:
+            seen["failure"] = (type(user_api_key_dict), type(original_exception), req)
+
+    app, _ = guarded(Mixed(), enforce_user_param=True)
+    async with client(app) as c:
+        await c.post("/v1/chat/completions", json=chat(user="u"))
+        await c.post("/v1/chat/completions", json=chat())
+    # Named ones by name; the others take what is left, in LiteLLM's order.
+    assert seen["pre"] == (dict, UserAPIKeyAuth, "completion", DualCache)
+    auth_type, exception_type, request_data = seen["failure"]
+    assert auth_type is UserAPIKeyAuth and issubclass(exception_type, Exception)
+    assert request_data["messages"] == chat()["messages"]
+
+
+async def test_star_args_hook_gets_litellm_order() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    class StarArgs:
+        async def async_moderation_hook(self, *args: Any) -> None:
+            seen.append(args)
+
+    app, _ = guarded(StarArgs())
+    async with client(app) as c:
+        await c.post("/v1/chat/completions", json=chat())
+    [(data, user, call_type)] = seen
+    assert isinstance(data, dict) and isinstance(user, UserAPIKeyAuth) and call_type == "completion"
+
+
+def test_hook_method_set_on_a_call_hook_instance_is_bound() -> None:
+    async def pre(user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> None:
+        return None
+
+    hook = CallHook()
+    hook.async_pre_call_hook = pre  # type: ignore[method-assign]
+    middleware = LLMHookMiddleware(Downstream(), hooks=[hook])
+    assert [bound.method for bound in middleware.hooks.pre_call] == [pre]
+    assert not middleware.hooks.moderation
+
+
 async def test_sync_hook_methods_work_too() -> None:
     class Sync:
         def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> dict:
