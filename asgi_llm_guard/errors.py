@@ -72,19 +72,16 @@ class UpstreamError(Exception):
 
 
 def _upstream_message(body: bytes) -> str:
+    """The envelope's ``error.message`` (``{"error": {"message": …}}``), else the body decoded: nothing else is
+    taken for a message, so ``{"detail": "Not Found"}`` stays itself."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")
+        parsed = None
     if isinstance(parsed, dict):
         error = parsed.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return str(error["message"])
-        if isinstance(error, str):
-            return error
-        for key in ("message", "detail"):
-            if isinstance(parsed.get(key), str):
-                return str(parsed[key])
     return body.decode("utf-8", "replace")
 
 
@@ -159,7 +156,7 @@ def message_of(exc: BaseException) -> str:
     ``message`` (as on ``openai`` SDK errors and our own) or the exception's text.
     """
     detail = getattr(exc, "detail", None)
-    if isinstance(detail, str) and detail:
+    if isinstance(detail, str):
         return detail
     if isinstance(detail, Mapping):
         error = detail.get("error")
@@ -178,11 +175,16 @@ def message_of(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: Headers that describe the error body the middleware writes: an exception cannot set them.
+_BODY_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "content-encoding"})
+
+
 def headers_of(exc: BaseException) -> dict[str, str]:
-    """The response headers an exception asks for (``HTTPException(..., headers={"Retry-After": "3"})``)."""
+    """The response headers an exception asks for (``HTTPException(..., headers={"Retry-After": "3"})``), except
+    those describing the body: the error envelope is JSON of a known length whatever the exception says."""
     headers: Any = getattr(exc, "headers", None)
     if isinstance(headers, Mapping):
-        return {str(k): str(v) for k, v in headers.items()}
+        return {str(k): str(v) for k, v in headers.items() if str(k).lower() not in _BODY_HEADERS}
     return {}
 
 

@@ -303,6 +303,7 @@ async def test_returned_exception_is_treated_as_raised() -> None:
         (fastapi.HTTPException(400, detail={"error": {"message": "nested"}}), 400, "nested"),
         (fastapi.HTTPException(400, detail={"message": "as message"}), 400, "as message"),
         (fastapi.HTTPException(400, detail={"other": 1}), 400, '{"other":1}'),
+        (fastapi.HTTPException(400, detail=""), 400, ""),
         (starlette.exceptions.HTTPException(401, detail="who are you"), 401, "who are you"),
         (litestar.exceptions.HTTPException(status_code=404, detail="gone"), 404, "gone"),
         (litestar.exceptions.NotAuthorizedException("no key"), 401, "no key"),
@@ -333,6 +334,24 @@ async def test_rate_limit_exception_keeps_its_headers() -> None:
     assert response.status_code == 429
     assert response.headers["retry-after"] == "7"
     assert response.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_exception_headers_cannot_change_how_the_error_body_is_framed() -> None:
+    class Framing:
+        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+            raise fastapi.HTTPException(
+                400,
+                detail="no",
+                headers={"Content-Type": "text/plain", "Content-Length": "1", "X-Reason": "policy"},
+            )
+
+    app, _ = guarded(Framing())
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.headers.get_list("content-type") == ["application/json"]
+    assert response.headers.get_list("content-length") == [str(len(response.content))]
+    assert response.headers["x-reason"] == "policy"
+    assert response.json()["error"]["message"] == "no"
 
 
 class Broken:

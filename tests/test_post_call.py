@@ -170,6 +170,24 @@ async def test_failure_hook_sees_downstream_errors_which_pass_through_unchanged(
     assert user is down.received[0].state.user_api_key_dict
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"error": {"message": "overloaded", "type": "server_error"}}', "overloaded"),
+        (b'{"detail": "Not Found"}', '{"detail": "Not Found"}'),
+        (b'{"error": "just a string"}', '{"error": "just a string"}'),
+        (b'{"message": "top-level"}', '{"message": "top-level"}'),
+        (b"plain text", "plain text"),
+    ],
+)
+async def test_upstream_error_message_is_the_envelopes_else_the_body(body: bytes, message: str) -> None:
+    hook = Failure()
+    app, _ = guarded(hook, downstream=Downstream(status=502, error_body=body))
+    async with client(app) as c:
+        await c.post("/v1/chat/completions", json=chat())
+    assert hook.calls[0][1].message == message
+
+
 async def test_downstream_errors_pass_through_without_failure_hooks() -> None:
     app, _ = guarded(Success("replace"), downstream=Downstream(status=404, error_body=b"not here"))
     async with client(app) as c:
