@@ -305,12 +305,10 @@ class ResponsePipeline:
                 return
             if result is None:
                 continue
-            replacement = _as_json_value(result)
-            if replacement is None:
-                error = call.wrong_type(hook, result, "a dict, None or an exception")
-                await self.fail(error, TypeError(error.message))
+            if isinstance(result, Exception):  # returned rather than raised: the same thing
+                await self.fail(call.outcome(result, hook, "post_call"), result)
                 return
-            response = replacement
+            response = _as_json_value(result)  # a value orjson cannot write is that hook's 500, below
         try:
             body = orjson.dumps(response)
         except TypeError as exc:
@@ -359,7 +357,7 @@ class ResponsePipeline:
         """
         if self.call.hooks.failure:
             replacement = await self.call.report_failure(original)
-            if replacement is not None:
+            if replacement is not None and not self.started:  # SPEC 2: only while the response has not started
                 # Still the answer to what that hook's stage did: the stage header stays (SPEC 8).
                 replacement.stage = replacement.stage or outcome.stage
                 outcome = replacement
@@ -433,13 +431,12 @@ class ResponsePipeline:
 
 
 def _as_json_value(result: Any) -> Any:
-    if isinstance(result, (dict, list)):
+    """What a success hook returned, as the new response body: a pydantic model (LiteLLM's ``ModelResponse``)
+    as its dump, anything else as it is."""
+    if isinstance(result, (dict, list, str)):
         return result
     dump = getattr(result, "model_dump", None)
-    if callable(dump):
-        dumped = dump()
-        return dumped if isinstance(dumped, (dict, list)) else None
-    return None
+    return dump() if callable(dump) else result
 
 
 def _sse_error(outcome: RejectRequest | GuardError, call_type: str) -> bytes:

@@ -393,8 +393,7 @@ async def test_pre_call_hook_returning_the_wrong_type_is_a_500_naming_it(value: 
     assert len(failures.exceptions) == 1
 
 
-@pytest.mark.parametrize("value", ["a string", 42, b"bytes", *UNSERIALISABLE],
-                         ids=["str", "int", "bytes", "set", "int-key", "object"])
+@pytest.mark.parametrize("value", [b"bytes", *UNSERIALISABLE], ids=["bytes", "set", "int-key", "object"])
 async def test_success_hook_returning_the_wrong_type_is_a_500_naming_it(value: Any) -> None:
     down = App(JSON_STEPS)
     app, failures = guard(down, SuccessReturns(value))

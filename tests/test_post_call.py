@@ -37,7 +37,7 @@ class Success:
         if self.action == "http":
             raise fastapi.HTTPException(451, detail="unavailable for legal reasons")
         if self.action == "bad":
-            return 3.14
+            return {3.14}  # not JSON
         raise ValueError("bug")
 
 
@@ -186,6 +186,73 @@ async def test_upstream_error_message_is_the_envelopes_else_the_body(body: bytes
     async with client(app) as c:
         await c.post("/v1/chat/completions", json=chat())
     assert hook.calls[0][1].message == message
+
+
+@pytest.mark.parametrize(
+    ("returned", "body"),
+    [
+        ("replaced", b'"replaced"'),
+        ([1, 2], b"[1,2]"),
+        (7, b"7"),
+    ],
+)
+async def test_success_hook_return_value_of_any_json_type_replaces_the_body(returned: Any, body: bytes) -> None:
+    class Replace:
+        async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+            return returned
+
+    app, _ = guarded(Replace())
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 200
+    assert response.content == body
+    assert response.headers["content-length"] == str(len(body))
+
+
+async def test_success_hook_returning_an_exception_is_treated_as_raised() -> None:
+    class Returns:
+        async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+            return fastapi.HTTPException(451, detail="not here")
+
+    app, _ = guarded(Returns())
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 451
+    assert response.json()["error"]["message"] == "not here"
+    assert response.headers["x-llm-guard-rejected"] == "post_call"
+
+
+async def test_success_hook_returning_what_json_cannot_hold_is_its_500() -> None:
+    class ReturnsSet:
+        async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+            return {1, 2}
+
+    app, _ = guarded(ReturnsSet())
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 500
+    assert response.json()["error"]["message"] == "post_call hook ReturnsSet failed"
+
+
+async def test_failure_hook_cannot_replace_an_error_once_the_stream_started() -> None:
+    class BreaksOnThird:
+        def __init__(self) -> None:
+            self.seen = 0
+
+        async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> None:
+            self.seen += 1
+            if self.seen == 3:
+                raise fastapi.HTTPException(400, detail="original error")
+
+    hook = Failure(replace=fastapi.HTTPException(418, detail="replacement"))
+    app, _ = guarded(BreaksOnThird(), hook)
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat(stream=True))
+    assert response.status_code == 200
+    events = [line for line in response.text.split("\n\n") if line]
+    assert orjson.loads(events[-2].removeprefix("data: "))["error"]["message"] == "original error"
+    assert events[-1] == "data: [DONE]"
+    assert len(hook.calls) == 1
 
 
 async def test_downstream_errors_pass_through_without_failure_hooks() -> None:

@@ -81,7 +81,7 @@ class SuccessQuotes:
 
 class SuccessReturnsText:
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
-        return "not a dict but the prompt " + prompt_of(data)
+        return {"not JSON but the prompt " + prompt_of(data)}  # a set
 
 
 class ChunkQuotes:
@@ -220,7 +220,7 @@ SCENARIOS = [
              traceback_of=("ValueError", "async_moderation_hook")),
     Scenario("post-call hook bug", Answers(), [SuccessQuotes()],
              traceback_of=("ValueError", "async_post_call_success_hook")),
-    Scenario("post-call hook returns the prompt", Answers(), [SuccessReturnsText()]),
+    Scenario("post-call hook returns the prompt in a set", Answers(), [SuccessReturnsText()]),
     Scenario("streaming hook bug mid-stream", Answers(), [ChunkQuotes()], body=request_body(stream=True), status=200,
              traceback_of=("ValueError", "async_post_call_streaming_hook")),
     Scenario("iterator hook bug mid-stream", Answers(), [IteratorQuotes()], body=request_body(stream=True),
