@@ -76,7 +76,7 @@ class ResponsePipeline:
 
     __slots__ = (
         "call", "client_send", "status", "started", "done", "_passing", "_app_started", "_app_done", "_held",
-        "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream", "_feed",
+        "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream", "_feed", "_last_body",
     )
 
     def __init__(self, call: GuardedCall, send: Send) -> None:
@@ -96,6 +96,7 @@ class ResponsePipeline:
         self._chunks: list[bytes] = []
         self.stream: StreamRewriter | None = None
         self._feed: Callable[[bytes, bool], Awaitable[None]] | None = None  # the rewriter's, while it takes chunks
+        self._last_body: Message | None = None  # the last body message that went out as the app sent it
 
     # -- to the client -----------------------------------------------------------------------------------
 
@@ -110,9 +111,11 @@ class ResponsePipeline:
             self.started = True
             self.status = message["status"]
             self._sent_start = message
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            self.done = True
-            self._feed = None
+        elif kind == "http.response.body":
+            self._last_body = message
+            if not message.get("more_body", False):
+                self.done = True
+                self._feed = None
         await self.client_send(message)
 
     async def answer(self, answer: Answer) -> None:
@@ -169,6 +172,7 @@ class ResponsePipeline:
             if not message.get("more_body", False):
                 self._passing = False
                 self._app_done = self.done = True
+            self._last_body = message
             return self.client_send(message)
         feed = self._feed
         if feed is not None and message["type"] == "http.response.body":
@@ -390,13 +394,11 @@ class ResponsePipeline:
         if self.stream is not None:
             await self.stream.end_with(outcome)
         elif self.is_sse:
-            await self.emit(
-                {
-                    "type": "http.response.body",
-                    "body": _sse_error(outcome, call.call_type),
-                    "more_body": False,
-                }
-            )
+            body = _sse_error(outcome, call.call_type)
+            if self._last_body is not None and not _ends_an_event(self._last_body.get("body", b"")):
+                # The app stopped halfway through an event: end it, so the error is an event of its own.
+                body = b"\n\n" + body
+            await self.emit({"type": "http.response.body", "body": body, "more_body": False})
         else:
             await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -437,6 +439,18 @@ def _as_json_value(result: Any) -> Any:
         return result
     dump = getattr(result, "model_dump", None)
     return dump() if callable(dump) else result
+
+
+def _ends_an_event(body: bytes) -> bool:
+    """Whether an SSE body ends with an event's blank line (``b"data: x\\n\\n"``), so what follows starts a new
+    event. Not sure is ``False``: an extra blank line between events is harmless."""
+    if body.endswith(b"\r\n"):
+        rest = body[:-2]
+    elif body.endswith((b"\n", b"\r")):
+        rest = body[:-1]
+    else:
+        return False
+    return rest.endswith((b"\n", b"\r"))
 
 
 def _sse_error(outcome: RejectRequest | GuardError, call_type: str) -> bytes:

@@ -565,6 +565,28 @@ async def test_app_raising_after_a_stream_started_ends_it_with_an_error_event(ho
     assert [type(e) for e in failures.exceptions] == [RuntimeError]
 
 
+@pytest.mark.parametrize("ending", [b"\n\n", b"\r\n\r\n", b"\r\r"])
+async def test_app_raising_halfway_through_an_event_gets_the_error_as_an_event_of_its_own(ending: bytes) -> None:
+    whole = CHAT_EVENTS[0].replace(b"\n\n", ending)
+    partial = CHAT_EVENTS[1][:25]
+    steps = [("send", START_SSE), ("send", body(whole, True)), ("send", body(partial, True)),
+             ("raise", RuntimeError("x"))]
+    app, _ = guard(App(steps), PreCallReturns(None))
+    script = await drive(app, chat(stream=True))
+    assert_legal(script.sent)
+    assert script.body.startswith(whole + partial)
+    tail = script.body[len(whole + partial):]
+    assert tail.startswith(b"\n\ndata: {")  # the broken event is ended, the error event stands alone
+    assert stream_payloads(tail)[-2]["error"]["code"] == "500"
+
+
+async def test_app_raising_between_events_gets_the_error_right_after_them() -> None:
+    steps = [("send", START_SSE), ("send", body(CHAT_EVENTS[0], True)), ("raise", RuntimeError("x"))]
+    app, _ = guard(App(steps), PreCallReturns(None))
+    script = await drive(app, chat(stream=True))
+    assert script.body.startswith(CHAT_EVENTS[0] + b'data: {"error"')
+
+
 class YieldingScript(Script):
     """A client whose ``send`` yields to the event loop, as a real server's does when it writes."""
 
