@@ -8,8 +8,10 @@ yields. All events of one app message go out as one client message.
 
 Ending a stream early follows SPEC 4/5: a refusal becomes a content chunk with the message, one finish chunk and
 ``[DONE]`` (for the Responses API, a text delta and the closing events through ``response.completed``); an error
-becomes ``data: {"error": …}`` and ``[DONE]`` (the Responses API's ``error`` event). LiteLLM drops the refusal text
-of text-completion streams and can leave a stream without its end; here every path ends with ``more_body=False``.
+becomes ``data: {"error": …}`` and ``[DONE]`` (the Responses API's ``error`` event). The finish chunk is left out
+when the app's own already went out, so that exactly one chunk carries ``finish_reason`` (SPEC 8). LiteLLM drops the
+refusal text of text-completion streams and can leave a stream without its end; here every path ends with
+``more_body=False``.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class StreamRewriter:
         self.iterators = call.hooks.streaming_iterator
         self.named = False  # events carry `event:` names (the Responses API)
         self.first: dict[str, Any] | None = None
+        self.finished = False  # a chunk with a `finish_reason` went out: a refusal adds no second one (SPEC 8)
         # Responses API bookkeeping, so a refusal can close the stream with consistent events.
         self.response: dict[str, Any] | None = None
         self.sequence = 0
@@ -135,6 +138,8 @@ class StreamRewriter:
                         encoded = b"data: " + orjson.dumps(chunk) + b"\n\n"
                     except TypeError as exc:
                         raise self.call.unencodable(exc, self.per_chunk, "streaming") from None
+                    if b'"finish_reason":"' in encoded:  # see _encode
+                        self.finished = True
                 except Halt as failed:
                     await self.pipeline.fail(failed.outcome, failed.original)
                     raise ResponseClosed("the stream was ended by a hook") from None
@@ -241,14 +246,20 @@ class StreamRewriter:
 
     def _encode(self, chunk: dict[str, Any], event: SSEEvent | None) -> bytes:
         try:
-            if event is not None:
-                if event.event is None and event.id is None:  # a plain `data:` event, nearly always
-                    return b"data: " + orjson.dumps(chunk) + b"\n\n"  # orjson never writes a line break
-                return encode_event(orjson.dumps(chunk), event=event.event, id=event.id)
-            name = chunk.get("type") if self.named else None
-            return encode_json(chunk, event=name if isinstance(name, str) else None)
+            if event is None:
+                name = chunk.get("type") if self.named else None
+                encoded = encode_json(chunk, event=name if isinstance(name, str) else None)
+            elif event.event is None and event.id is None:  # a plain `data:` event, nearly always
+                encoded = b"data: " + orjson.dumps(chunk) + b"\n\n"  # orjson never writes a line break
+            else:
+                encoded = encode_event(orjson.dumps(chunk), event=event.event, id=event.id)
         except TypeError as exc:
             raise self.call.unencodable(exc, self.per_chunk or self.iterators, "streaming") from None
+        # A finish chunk is going out. orjson escapes every quote inside a string, so this can only be a key with a
+        # string value: one scan of bytes we have anyway, instead of looking into each chunk's choices.
+        if b'"finish_reason":"' in encoded:
+            self.finished = True
+        return encoded
 
     # -- iterator hooks ----------------------------------------------------------------------------------
 
@@ -367,11 +378,14 @@ class StreamRewriter:
             return
         default_id = new_id("chatcmpl-" if call_type == "completion" else "cmpl-")
         stream_id: str = first["id"] if isinstance(first.get("id"), str) else default_id
+        # Exactly one chunk of a refused stream carries `finish_reason` (SPEC 8): none more if the app's went out
+        # (a hook refusing on the usage chunk, or an iterator hook at the end of the stream).
         if call_type == "completion":
             yield encode_json(chat_chunk(stream_id, created, model, {"content": message}, None))
-            yield encode_json(chat_chunk(stream_id, created, model, {}, "stop"))
+            if not self.finished:
+                yield encode_json(chat_chunk(stream_id, created, model, {}, "stop"))
         else:
-            for text, finish in ((message, None), ("", "stop")):
+            for text, finish in ((message, None), ("", "stop"))[: 1 if self.finished else 2]:
                 chunk = text_completion(text, model, stream_id, created, finish_reason=finish)
                 del chunk["usage"]
                 yield encode_json(chunk)

@@ -295,6 +295,65 @@ async def test_refusal_on_the_first_chunk_is_a_complete_streamed_refusal() -> No
     assert chunks[0]["model"] == "gpt-test"
 
 
+USAGE_CHUNK = {
+    "id": "chatcmpl-down",
+    "object": "chat.completion.chunk",
+    "created": 1700000000,
+    "model": "m",
+    "choices": [],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5},
+}
+
+
+class RefuseOnUsage:
+    """A cost guard: refuses once the usage chunk, after the finish chunk, shows the tokens spent."""
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        if response.get("usage"):
+            raise RejectRequest("over budget")
+        return None
+
+
+class RefuseAtTheEnd:
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: AsyncIterator[dict], request_data: dict
+    ) -> AsyncIterator[dict]:
+        async for chunk in response:
+            yield chunk
+        raise RejectRequest("withheld at the end")
+
+
+def finish_reasons(chunks: list[Any]) -> list[str]:
+    return [c["choices"][0]["finish_reason"] for c in chunks if c != "[DONE]" and c["choices"]]
+
+
+@pytest.mark.parametrize("split", ["one event per message", "split events"])
+async def test_refusal_after_the_finish_chunk_adds_no_second_one(split: str) -> None:
+    """Regression: a refusal on the usage chunk sent a second finish chunk (SPEC 8: exactly one)."""
+    events = [*CHAT_EVENTS[:-1], *sse([USAGE_CHUNK])]
+    if split == "split events":  # the general path instead of the per-chunk fast path
+        raw = b"".join(events)
+        events = [raw[i : i + 50] for i in range(0, len(raw), 50)]
+    script = await drive(LLMHookMiddleware(stream_app(events), hooks=[RefuseOnUsage()]))
+    chunks = payloads(script.body)
+    assert chunks[-1] == "[DONE]"
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[:-1]] == [*WORDS, None, "over budget"]
+    assert finish_reasons(chunks) == [None, None, None, None, "stop", None]
+    assert script.sent[-1]["more_body"] is False
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_iterator_refusal_after_the_finish_chunk_adds_no_second_one(path: str) -> None:
+    chat_stream = path == "/v1/chat/completions"
+    request = chat(stream=True) if chat_stream else {"model": "m", "prompt": "x", "stream": True}
+    app = LLMHookMiddleware(stream_app(CHAT_EVENTS if chat_stream else TEXT_EVENTS), hooks=[RefuseAtTheEnd()])
+    chunks = payloads((await drive(app, request, path)).body)
+    assert chunks[-1] == "[DONE]"
+    assert finish_reasons(chunks) == [None, None, None, None, "stop", None]
+    last = chunks[-2]["choices"][0]
+    assert (last["delta"]["content"] if chat_stream else last["text"]) == "withheld at the end"
+
+
 class Pairs:
     """An iterator hook that buffers chunks two at a time, as a windowed output filter would."""
 
