@@ -356,13 +356,13 @@ class StreamRewriter:
 
     def _refusal_events(self, message: str, call_type: str) -> Iterator[bytes]:
         first = self.first or {}
-        model: str = first["model"] if isinstance(first.get("model"), str) else self.call.model
+        model = self.call.model  # what the client asked for, whatever a hook changed (SPEC 8), not the app's chunks'
         created: int = first["created"] if isinstance(first.get("created"), int) else 0
         if call_type == "responses":
             response = self.response or {
                 "id": new_id("resp_"),
                 "object": "response",
-                "model": self.call.model,
+                "model": model,
                 "output": [],
             }
             opened = self.part_open and self.message_id is not None

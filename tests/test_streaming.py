@@ -295,6 +295,36 @@ async def test_refusal_on_the_first_chunk_is_a_complete_streamed_refusal() -> No
     assert chunks[0]["model"] == "gpt-test"
 
 
+class Reroute:
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> None:
+        data["model"] = "internal-model"
+
+
+def echo_model_app(text: bool) -> Any:
+    """Streams chunks naming the model the request it received asked for, as a real provider does."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        model = orjson.loads((await receive())["body"])["model"]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for event in sse(text_chunk(model, w) if text else chat_chunk(model, w) for w in WORDS):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_refusal_mid_stream_names_the_model_the_client_asked_for(path: str) -> None:
+    """Regression: the refusal chunk took the app's `model` from its first chunk, here the one a hook routed to."""
+    text = path == "/v1/completions"
+    request = {"model": "m", "prompt": "x", "stream": True} if text else chat(stream=True)
+    app = LLMHookMiddleware(echo_model_app(text), hooks=[Reroute(), Upper(fail_on=3, error=RejectRequest("no"))])
+    chunks = payloads((await drive(app, request, path)).body)
+    assert [c["model"] for c in chunks[:-1]] == ["internal-model"] * 2 + [request["model"]] * 2
+    assert [c["id"] for c in chunks[:-1]] == [chunks[0]["id"]] * 4
+    assert [c["created"] for c in chunks[:-1]] == [1700000000] * 4
+
+
 USAGE_CHUNK = {
     "id": "chatcmpl-down",
     "object": "chat.completion.chunk",
