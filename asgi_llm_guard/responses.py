@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -165,15 +165,17 @@ def text_refusal_events(message: str, model: str, include_usage: bool) -> Iterat
 # -- Responses API -------------------------------------------------------------------------------------------
 
 
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
 def _output_message(message_id: str, text: str, status: str) -> dict[str, Any]:
     return {
         "type": "message",
         "id": message_id,
         "status": status,
         "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
-        if status == "completed"
-        else [],
+        "content": [_output_text(text)] if status == "completed" else [],
     }
 
 
@@ -225,89 +227,66 @@ def _named(event: dict[str, Any]) -> bytes:
 
 
 def responses_closing_events(
-    message: str, response: dict[str, Any], message_id: str, sequence: int, *, opened: bool, text_so_far: str
+    message: str,
+    response: dict[str, Any],
+    sequence: int,
+    *,
+    output: Mapping[int, dict[str, Any]] | None = None,
+    open_message: int | None = None,
+    parts: Sequence[dict[str, Any]] = (),
+    content_index: int = 0,
+    open_text: str | None = None,
 ) -> Iterator[bytes]:
-    """The events that end a Responses API stream with ``message`` as (further) output text.
+    """The events that end a Responses API stream with ``message`` as (further) output text, numbered from
+    ``sequence``, then ``response.completed`` listing every output item.
 
-    ``opened`` says whether ``response.output_item.added`` / ``content_part.added`` for ``message_id`` were
-    already sent; ``text_so_far`` is the text already streamed into that part.
+    ``output`` holds the items already sent, by ``output_index``: each as finished, or as added if it never was.
+    ``open_message`` is the ``output_index`` of a message among them that is still open; ``message`` goes into its
+    output_text part at ``content_index`` (``open_text``: that part's text so far, or None when no part is open,
+    which opens one there), after its finished ``parts``. Without one, a new message at the next free
+    ``output_index`` carries ``message``: an index the client has seen again would be a different item to it (the
+    ``openai`` SDK raises on a duplicate index).
     """
-    if not opened:
-        yield _named(
-            {
-                "type": "response.output_item.added",
-                "sequence_number": sequence,
-                "output_index": 0,
-                "item": _output_message(message_id, "", "in_progress"),
-            }
-        )
-        sequence += 1
-        yield _named(
-            {
-                "type": "response.content_part.added",
-                "sequence_number": sequence,
-                "item_id": message_id,
-                "output_index": 0,
-                "content_index": 0,
-                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-            }
-        )
-        sequence += 1
-    yield _named(
+    items = dict(output or {})
+    events: list[dict[str, Any]] = []
+    if open_message is None or open_message not in items:
+        index = max(items, default=-1) + 1
+        base = _output_message(new_id("msg_"), "", "in_progress")
+        parts, content_index, open_text = (), 0, None
+        events.append({"type": "response.output_item.added", "output_index": index, "item": base})
+    else:
+        index, base = open_message, items[open_message]
+    where = {"item_id": base["id"], "output_index": index, "content_index": content_index}
+    if open_text is None:
+        events.append({"type": "response.content_part.added", **where, "part": _output_text("")})
+        open_text = ""
+    text = open_text + message
+    part = _output_text(text)
+    item = {**base, "status": "completed", "content": [*parts, part]}
+    items[index] = item
+    events += [
+        {"type": "response.output_text.delta", **where, "delta": message, "logprobs": []},
+        {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": part},
+        {"type": "response.output_item.done", "output_index": index, "item": item},
         {
-            "type": "response.output_text.delta",
-            "sequence_number": sequence,
-            "item_id": message_id,
-            "output_index": 0,
-            "content_index": 0,
-            "delta": message,
-            "logprobs": [],
-        }
-    )
-    sequence += 1
-    text = text_so_far + message
-    yield _named(
-        {
-            "type": "response.output_text.done",
-            "sequence_number": sequence,
-            "item_id": message_id,
-            "output_index": 0,
-            "content_index": 0,
-            "text": text,
-            "logprobs": [],
-        }
-    )
-    sequence += 1
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    yield _named(
-        {
-            "type": "response.content_part.done",
-            "sequence_number": sequence,
-            "item_id": message_id,
-            "output_index": 0,
-            "content_index": 0,
-            "part": part,
-        }
-    )
-    sequence += 1
-    item = _output_message(message_id, text, "completed")
-    yield _named(
-        {"type": "response.output_item.done", "sequence_number": sequence, "output_index": 0, "item": item}
-    )
-    sequence += 1
-    completed = {
-        **response,
-        "status": "completed",
-        "output": [item],
-        "usage": responses_object("", response.get("model", ""))["usage"],
-    }
-    yield _named({"type": "response.completed", "sequence_number": sequence, "response": completed})
+            "type": "response.completed",
+            "response": {
+                **response,
+                "status": "completed",
+                "output": [items[i] for i in sorted(items)],
+                "usage": responses_object("", response.get("model", ""))["usage"],
+            },
+        },
+    ]
+    for number, event in enumerate(events, sequence):
+        yield _named({"type": event["type"], "sequence_number": number, **event})
 
 
 def responses_refusal_events(message: str, model: str) -> Iterator[bytes]:
     response = responses_object(message, model, status="in_progress")
     yield _named({"type": "response.created", "sequence_number": 0, "response": response})
-    yield from responses_closing_events(message, response, new_id("msg_"), 1, opened=False, text_so_far="")
+    yield from responses_closing_events(message, response, 1)
 
 
 # -- dispatch ------------------------------------------------------------------------------------------------

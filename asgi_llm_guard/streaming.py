@@ -25,7 +25,7 @@ import orjson
 
 from .errors import GuardError, Halt, RejectRequest, ResponseClosed
 from .hooks import BoundHook
-from .responses import chat_chunk, new_id, responses_closing_events, text_completion
+from .responses import chat_chunk, new_id, responses_closing_events, responses_object, text_completion
 from .sse import DONE, SSEEvent, SSEParser, encode_event, encode_json
 
 if TYPE_CHECKING:
@@ -86,9 +86,13 @@ class StreamRewriter:
         # Responses API bookkeeping, so a refusal can close the stream with consistent events.
         self.response: dict[str, Any] | None = None
         self.sequence = 0
-        self.message_id: str | None = None
-        self.part_open = False
-        self.text = ""
+        self.items: dict[int, dict[str, Any]] = {}  # output_index: the item as sent (added, then done)
+        self.unfinished: set[int] = set()  # the output_index of items added and not done
+        self.message: int | None = None  # the output_index of the message item still open, if any
+        self.parts: list[dict[str, Any]] = []  # its finished content parts
+        self.part_count = 0  # its content parts added
+        self.part_open = False  # its last part is an open output_text part...
+        self.text = ""  # ...holding this text so far
         self._queue: asyncio.Queue[SSEEvent | None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._emitting = asyncio.Lock()  # held by the consumer task while it sends
@@ -206,19 +210,37 @@ class StreamRewriter:
         sequence = chunk.get("sequence_number")
         if isinstance(sequence, int):
             self.sequence = sequence + 1
-        if kind == "response.created" and isinstance(chunk.get("response"), dict):
-            self.response = chunk["response"]
-        elif kind == "response.output_item.added":
+        index = chunk.get("output_index")
+        if index is None:
+            if kind == "response.created" and isinstance(chunk.get("response"), dict):
+                self.response = chunk["response"]
+            return
+        if kind == "response.output_text.delta":
+            if index == self.message and isinstance(chunk.get("delta"), str):
+                self.text += chunk["delta"]
+        elif kind == "response.output_item.added" or kind == "response.output_item.done":
             item = chunk.get("item")
-            if isinstance(item, dict) and item.get("type") == "message":
-                self.message_id = item.get("id")
+            if not isinstance(item, dict) or not isinstance(index, int):
+                return
+            self.items[index] = item
+            if kind == "response.output_item.done":
+                self.unfinished.discard(index)
+                if index == self.message:
+                    self.message = None
+                return
+            self.unfinished.add(index)
+            if item.get("type") == "message" and isinstance(item.get("id"), str):
+                self.message, self.parts, self.part_count, self.part_open = index, [], 0, False
+        elif index == self.message:
+            if kind == "response.content_part.added":
+                part = chunk.get("part")
+                self.part_count += 1
+                self.part_open = isinstance(part, dict) and part.get("type") == "output_text"
                 self.text = ""
-        elif kind == "response.content_part.added":
-            self.part_open = True
-        elif kind == "response.output_text.delta" and isinstance(chunk.get("delta"), str):
-            self.text += chunk["delta"]
-        elif kind == "response.content_part.done":
-            self.part_open = False
+            elif kind == "response.content_part.done":
+                part = chunk.get("part")
+                self.parts.append(part if isinstance(part, dict) else {"type": "output_text", "text": self.text})
+                self.part_open = False
 
     # -- hooks -------------------------------------------------------------------------------------------
 
@@ -359,21 +381,24 @@ class StreamRewriter:
         model = self.call.model  # what the client asked for, whatever a hook changed (SPEC 8), not the app's chunks'
         created: int = first["created"] if isinstance(first.get("created"), int) else 0
         if call_type == "responses":
-            response = self.response or {
-                "id": new_id("resp_"),
-                "object": "response",
-                "model": model,
-                "output": [],
+            response = self.response or responses_object("", model, status="in_progress")
+            # Every item sent goes into response.completed (the SDK raises on one it saw added and not finished):
+            # those that never finished, other than the message the refusal closes, as cut off.
+            output = {
+                index: {**item, "status": "incomplete"}
+                if index in self.unfinished and index != self.message and "status" in item
+                else item
+                for index, item in self.items.items()
             }
-            opened = self.part_open and self.message_id is not None
-            message_id = self.message_id if opened and self.message_id else new_id("msg_")
             yield from responses_closing_events(
                 message,
                 response,
-                message_id,
                 self.sequence,
-                opened=opened,
-                text_so_far=self.text if opened else "",
+                output=output,
+                open_message=self.message,
+                parts=self.parts,
+                content_index=self.part_count - 1 if self.part_open else self.part_count,
+                open_text=self.text if self.part_open else None,
             )
             return
         default_id = new_id("chatcmpl-" if call_type == "completion" else "cmpl-")

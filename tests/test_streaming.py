@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import fastapi
+import httpx
+import openai
 import orjson
 import pytest
 
@@ -524,10 +526,110 @@ async def test_app_that_raises_after_streaming_started_gets_error_event_without_
     assert script.sent[-1]["more_body"] is False
 
 
-async def test_responses_stream_refused_midway_closes_with_the_message() -> None:
-    def named(payload: dict) -> bytes:
-        return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+def named(payload: dict[str, Any]) -> bytes:
+    return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
+
+def responses_stream(reasoning: bool = False) -> list[bytes]:
+    """A whole Responses API stream: a message saying "Sure, the secret is" (after a reasoning item, if asked),
+    its events numbered and its items at the output_index they have in a real stream."""
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "status": "in_progress", "model": "gpt-4o",
+                "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": []}
+    at = {"item_id": "msg_1", "output_index": int(reasoning), "content_index": 0}
+    item = {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []}
+    part = {"type": "output_text", "text": "Sure, the secret is", "annotations": []}
+    done = {**item, "status": "completed", "content": [part]}
+    thought = {"type": "reasoning", "id": "rs_1", "summary": []}
+    output = [thought, done] if reasoning else [done]
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response},
+        *(
+            [
+                {"type": "response.output_item.added", "output_index": 0, "item": thought},
+                {"type": "response.output_item.done", "output_index": 0, "item": thought},
+            ]
+            if reasoning
+            else []
+        ),
+        {"type": "response.output_item.added", "output_index": at["output_index"], "item": item},
+        {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
+        {"type": "response.output_text.delta", **at, "delta": "Sure, "},
+        {"type": "response.output_text.delta", **at, "delta": "the secret is"},
+        {"type": "response.output_text.done", **at, "text": part["text"]},
+        {"type": "response.content_part.done", **at, "part": part},
+        {"type": "response.output_item.done", "output_index": at["output_index"], "item": done},
+        {"type": "response.completed", "response": {**response, "status": "completed", "output": output}},
+    ]
+    return [named({"type": event["type"], "sequence_number": n, **event}) for n, event in enumerate(events)]
+
+
+class RefuseAt:
+    """Refuses the ``nth`` event of type ``kind``."""
+
+    def __init__(self, kind: str, nth: int = 1) -> None:
+        self.kind, self.left = kind, nth
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        if response["type"] == self.kind:
+            self.left -= 1
+            if self.left == 0:
+                raise RejectRequest("[withheld]")
+        return None
+
+
+REFUSED_AT = {  # where a hook refuses: (the event it refuses, the text the client ends up with)
+    "second text delta": (("response.output_text.delta", 2), "Sure, [withheld]"),
+    "text done": (("response.output_text.done", 1), "Sure, the secret is[withheld]"),
+    "item done": (("response.output_item.done", 1), "Sure, the secret is[withheld]"),
+    "completed": (("response.completed", 1), "Sure, the secret is[withheld]"),
+}
+
+
+def refusing(where: str, reasoning: bool) -> RefuseAt:
+    (kind, nth), _ = REFUSED_AT[where]
+    if reasoning and kind == "response.output_item.done":
+        nth += 1  # the reasoning item's comes first
+    return RefuseAt(kind, nth)
+
+
+@pytest.mark.parametrize("reasoning", [False, True], ids=["message only", "reasoning first"])
+@pytest.mark.parametrize("where", list(REFUSED_AT))
+async def test_responses_stream_refused_anywhere_closes_every_item_it_opened(where: str, reasoning: bool) -> None:
+    """Regression: the closing events always said output_index 0, opened a second item there once the message's
+    part had closed, and response.completed listed the refusal's message alone."""
+    app = LLMHookMiddleware(stream_app(responses_stream(reasoning)), hooks=[refusing(where, reasoning)])
+    script = await drive(app, {"model": "gpt-4o", "input": "x", "stream": True}, "/v1/responses")
+    data = [orjson.loads(event.data) for event in SSEParser().feed(script.body)]
+    assert [d["sequence_number"] for d in data] == list(range(len(data)))
+    added = [(d["output_index"], d["item"]["id"]) for d in data if d["type"] == "response.output_item.added"]
+    done = [(d["output_index"], d["item"]["id"]) for d in data if d["type"] == "response.output_item.done"]
+    assert [index for index, _ in added] == list(range(len(added)))  # each item at an index of its own
+    assert sorted(done) == added  # and each one finished
+    refusal = next(d for d in data if d.get("delta") == "[withheld]")
+    message = dict(added)[refusal["output_index"]]
+    assert refusal["item_id"] == message and message.startswith("msg_")
+    assert all(d["output_index"] == refusal["output_index"] for d in data[data.index(refusal) :] if "output_index" in d)
+    assert data[-1]["type"] == "response.completed"
+    assert [item["id"] for item in data[-1]["response"]["output"]] == [item_id for _, item_id in added]
+
+
+@pytest.mark.parametrize("reasoning", [False, True], ids=["message only", "reasoning first"])
+@pytest.mark.parametrize("where", list(REFUSED_AT))
+async def test_responses_stream_refused_anywhere_parses_in_the_openai_sdk(where: str, reasoning: bool) -> None:
+    text = REFUSED_AT[where][1]
+    app = LLMHookMiddleware(stream_app(responses_stream(reasoning)), hooks=[refusing(where, reasoning)])
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+    async with openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http, max_retries=0) as client:
+        async with client.responses.stream(model="gpt-4o", input="x") as stream:
+            deltas = [event.delta async for event in stream if event.type == "response.output_text.delta"]
+            final = await stream.get_final_response()
+    assert deltas[-1] == "[withheld]"
+    assert final.output_text == text
+    messages = 2 if where == "completed" else 1  # once the app's message finished, the refusal is one of its own
+    assert [item.type for item in final.output] == ["reasoning"] * reasoning + ["message"] * messages
+
+
+async def test_responses_stream_refused_midway_closes_with_the_message() -> None:
     response = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-4o", "output": []}
     events = [
         named({"type": "response.created", "sequence_number": 0, "response": response}),
