@@ -271,10 +271,10 @@ class StreamRewriter:
             if event is None:
                 name = chunk.get("type") if self.named else None
                 encoded = encode_json(chunk, event=name if isinstance(name, str) else None)
-            elif event.event is None and event.id is None:  # a plain `data:` event, nearly always
+            elif event.event is None and event.id is None and event.retry is None:  # a plain `data:` event
                 encoded = b"data: " + orjson.dumps(chunk) + b"\n\n"  # orjson never writes a line break
-            else:
-                encoded = encode_event(orjson.dumps(chunk), event=event.event, id=event.id)
+            else:  # the event's other fields stay as the app sent them (SPEC 6)
+                encoded = encode_event(orjson.dumps(chunk), event=event.event, id=event.id, retry=event.retry)
         except TypeError as exc:
             raise self.call.unencodable(exc, self.per_chunk or self.iterators, "streaming") from None
         # A finish chunk is going out. orjson escapes every quote inside a string, so this can only be a key with a

@@ -259,6 +259,25 @@ async def test_later_events_that_are_not_json_objects_pass_through_byte_for_byte
     assert orjson.loads(bodies[5][6:])["tagged"] is True
 
 
+class Tagged:
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        return {**response, "tagged": True}
+
+
+@pytest.mark.parametrize(
+    ("hook", "contents"),
+    [(Upper(), ["HEL", "LO", " WOR"]), (Tagged(), ["Hel", "lo", " wor"])],
+    ids=["returns None", "returns a dict"],
+)
+async def test_a_rewritten_event_keeps_its_retry_field(hook: Any, contents: list[str]) -> None:
+    """Regression: re-encoding a JSON event dropped its `retry:` line (SPEC 6 lists it among the fields kept)."""
+    events = [b"retry: 1500\n" + CHAT_EVENTS[0], b"id: 7\r\nretry: 300\r\n" + CHAT_EVENTS[1].replace(b"\n", b"\r\n")]
+    script = await drive(LLMHookMiddleware(stream_app([*events, CHAT_EVENTS[2]]), hooks=[hook]))
+    parsed = SSEParser().feed(script.body)
+    assert [(event.id, event.retry) for event in parsed] == [(None, 1500), ("7", 300), (None, None)]
+    assert [c["choices"][0]["delta"]["content"] for c in payloads(script.body)] == contents
+
+
 async def test_error_on_the_first_chunk_is_a_json_error_with_the_real_status() -> None:
     hook = Upper(fail_on=1, error=fastapi.HTTPException(403, detail="not allowed"))
     script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[hook]))
