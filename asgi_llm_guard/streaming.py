@@ -8,10 +8,10 @@ yields. All events of one app message go out as one client message.
 
 Ending a stream early follows SPEC 4/5: a refusal becomes a content chunk with the message, one finish chunk and
 ``[DONE]`` (for the Responses API, a text delta and the closing events through ``response.completed``); an error
-becomes ``data: {"error": …}`` and ``[DONE]`` (the Responses API's ``error`` event). The finish chunk is left out
-when the app's own already went out, so that exactly one chunk carries ``finish_reason`` (SPEC 8). LiteLLM drops the
-refusal text of text-completion streams and can leave a stream without its end; here every path ends with
-``more_body=False``.
+becomes ``data: {"error": …}`` and ``[DONE]`` (for the Responses API, inside its ``error`` event). The finish chunk
+is left out when the app's own already went out, so that exactly one chunk carries ``finish_reason`` (SPEC 8).
+LiteLLM drops the refusal text of text-completion streams and can leave a stream without its end; here every path
+ends with ``more_body=False``.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ _QUEUE_SIZE = 8
 def error_events(
     outcome: RejectRequest | GuardError, call_type: str, sequence: int | None
 ) -> Iterator[bytes]:
-    """The events that end a stream with an error (SPEC 5): ``data: {"error": …}`` and ``[DONE]``, or the
-    Responses API's ``error`` event."""
+    """The events that end a stream with an error (SPEC 5): ``data: {"error": …}`` and ``[DONE]``; for the
+    Responses API, its ``error`` event, whose data also holds the ``"error"`` envelope: the ``openai`` SDK raises
+    ``APIError`` only from that key, and reads a Responses API ``error`` event as one more event of the stream."""
     if isinstance(outcome, RejectRequest):
         outcome = GuardError(400, outcome.message)
+    envelope = orjson.loads(outcome.body())
     if call_type == "responses":
         yield encode_json(
             {
@@ -51,11 +53,12 @@ def error_events(
                 "message": outcome.message,
                 "param": outcome.param,
                 "sequence_number": sequence or 0,
+                **envelope,
             },
             event="error",
         )
-        return
-    yield encode_json(orjson.loads(outcome.body()))
+    else:
+        yield encode_json(envelope)
     yield DONE
 
 

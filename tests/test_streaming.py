@@ -648,6 +648,78 @@ async def test_responses_stream_refused_anywhere_parses_in_the_openai_sdk(where:
     assert [item.type for item in final.output] == ["reasoning"] * reasoning + ["message"] * messages
 
 
+class FailAt:
+    """Raises ``error`` on the ``nth`` event."""
+
+    def __init__(self, nth: int, error: Exception) -> None:
+        self.left, self.error = nth, error
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        self.left -= 1
+        if self.left == 0:
+            raise self.error
+        return None
+
+
+async def test_responses_stream_error_midway_is_its_error_event_with_the_envelope_and_done() -> None:
+    """Regression: the Responses API's error event alone, without `"error"` or `[DONE]`: the openai SDK took it
+    for one more event of the stream instead of raising (SPEC 5)."""
+    hook = FailAt(3, fastapi.HTTPException(429, "slow down"))
+    app = LLMHookMiddleware(stream_app(responses_stream()), hooks=[hook])
+    script = await drive(app, {"model": "gpt-4o", "input": "x", "stream": True}, "/v1/responses")
+    parsed = SSEParser().feed(script.body)
+    assert [event.event for event in parsed] == [
+        "response.created",
+        "response.output_item.added",
+        "error",
+        None,
+    ]
+    assert orjson.loads(parsed[2].data or b"") == {
+        "type": "error",
+        "code": "429",
+        "message": "slow down",
+        "param": None,
+        "sequence_number": 2,
+        "error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "429"},
+    }
+    assert parsed[3].is_done and script.sent[-1]["more_body"] is False
+
+
+async def raises_after_the_start(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    for event in responses_stream()[:4]:
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    raise ConnectionError("upstream reset")
+
+
+BREAKS = {  # how a Responses API stream breaks after it started: the guarded app, the message the client gets
+    "hook raises 429": (lambda: [FailAt(3, fastapi.HTTPException(429, "slow down"))], "slow down"),
+    "app raises": (lambda: [PreCall()], "The downstream app failed while handling the request."),
+    "app raises under a streaming hook": (lambda: [Tagged()], "The downstream app failed while handling the request."),
+}
+
+
+@pytest.mark.parametrize("how", ["create", "stream"])
+@pytest.mark.parametrize("breaks", list(BREAKS))
+async def test_responses_stream_error_midway_raises_api_error_in_the_openai_sdk(breaks: str, how: str) -> None:
+    hooks, message = BREAKS[breaks]
+    app = stream_app(responses_stream()) if breaks == "hook raises 429" else raises_after_the_start
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=LLMHookMiddleware(app, hooks=hooks())))
+    seen: list[str] = []
+    async with openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http, max_retries=0) as client:
+        with pytest.raises(openai.APIError) as raised:
+            if how == "create":
+                async for event in await client.responses.create(model="gpt-4o", input="x", stream=True):
+                    seen.append(event.type)
+            else:
+                async with client.responses.stream(model="gpt-4o", input="x") as stream:
+                    async for event in stream:
+                        seen.append(event.type)
+    assert raised.value.message == message
+    assert seen[:2] == ["response.created", "response.output_item.added"]
+
+
 async def test_responses_stream_refused_midway_closes_with_the_message() -> None:
     response = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-4o", "output": []}
     events = [

@@ -6,6 +6,7 @@ from typing import Any
 
 import openai
 import orjson
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -115,7 +116,7 @@ async def test_streaming_hook_upper_cases_responses_text_deltas() -> None:
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
 
 
-async def test_responses_stream_error_midway_is_the_responses_error_event() -> None:
+async def test_responses_stream_error_midway_raises_api_error() -> None:
     class Breaks:
         async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
             if response.get("delta") == "quick ":
@@ -125,8 +126,10 @@ async def test_responses_stream_error_midway_is_the_responses_error_event() -> N
     async with serve(LLMHookMiddleware(downstream, hooks=[Breaks()])) as base:
         async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="sk-test", max_retries=0) as client:
             stream = await client.responses.create(model="gpt-4o", input="hi", stream=True)
-            events = [event async for event in stream]
-    assert events[-1].type == "error"
-    assert events[-1].message == "streaming hook Breaks failed"  # type: ignore[union-attr]
-    assert [e.type for e in events[:4]] == ["response.created", "response.output_item.added",
-                                            "response.content_part.added", "response.output_text.delta"]
+            events = []
+            with pytest.raises(openai.APIError) as raised:  # SPEC 5
+                async for event in stream:
+                    events.append(event.type)
+    assert raised.value.message == "streaming hook Breaks failed"
+    assert events == ["response.created", "response.output_item.added", "response.content_part.added",
+                      "response.output_text.delta"]
