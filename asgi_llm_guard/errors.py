@@ -141,9 +141,10 @@ class Halt(Exception):
 
 
 def status_of(exc: BaseException) -> int | None:
-    """The integer ``status_code`` an exception carries, if any (``bool`` is not a status)."""
+    """The integer ``status_code`` an exception carries, if any: a final HTTP status, 200 to 599 (``bool`` is not a
+    status, and a 1xx cannot end a response)."""
     status = getattr(exc, "status_code", None)
-    if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+    if isinstance(status, int) and not isinstance(status, bool) and 200 <= status <= 599:
         return status
     return None
 

@@ -76,7 +76,12 @@ def error_answer(error: GuardError, rejected_stage: str | None = None) -> Answer
     extra = _encode_headers(error.headers) if error.headers else []
     if rejected_stage:
         extra.append((b"x-llm-guard-rejected", rejected_stage.encode()))
+    if error.status_code in _NO_BODY:  # a hook raised HTTPException(204) or (304): HTTP allows no body at all
+        return error.status_code, extra, b""
     return answer(error.status_code, error.body(), _JSON_HEADERS, extra)
+
+
+_NO_BODY = frozenset({204, 304})
 
 
 # -- chat completions ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import logging
 from typing import Any, Literal, Optional
 
 import fastapi
+import httpx
 import litestar.exceptions
 import pytest
 import starlette.exceptions
@@ -14,6 +15,7 @@ import starlette.exceptions
 from asgi_llm_guard import CallHook, DualCache, LLMHookMiddleware, UserAPIKeyAuth, get_formatted_prompt
 
 from .apps import Downstream, chat, client, guarded
+from .servers import serve
 
 # -- handlers written exactly as LiteLLM's "Modify / Reject Incoming Requests" page shows them -------------------
 
@@ -352,6 +354,32 @@ async def test_exception_headers_cannot_change_how_the_error_body_is_framed() ->
     assert response.headers.get_list("content-length") == [str(len(response.content))]
     assert response.headers["x-reason"] == "policy"
     assert response.json()["error"]["message"] == "no"
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_exception_with_a_status_that_allows_no_body_gets_none(status: int) -> None:
+    class NoContent:
+        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+            raise fastapi.HTTPException(status, headers={"X-Why": "policy"})
+
+    app, down = guarded(NoContent())
+    async with serve(app) as base, httpx.AsyncClient(base_url=base) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert (response.status_code, response.content) == (status, b"")
+    assert "content-type" not in response.headers and response.headers["x-why"] == "policy"
+    assert not down.received
+
+
+async def test_exception_with_an_informational_status_is_a_hook_bug() -> None:
+    class Informational:
+        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+            raise starlette.exceptions.HTTPException(101)
+
+    app, _ = guarded(Informational())
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 500
+    assert response.json()["error"]["message"] == "pre_call hook Informational failed"
 
 
 class Broken:
