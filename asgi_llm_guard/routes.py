@@ -8,6 +8,16 @@ router we sit in front of: a router that is case-insensitive, ignores trailing s
 under a prefix still cannot be reached around the guard. The price is that an unrelated POST route whose path ends
 in, say, ``/embeddings`` is guarded too; ``routes={"/embeddings": None}`` removes a default.
 
+A path with ``.`` or ``..`` segments is read two ways, and it is guarded if *either* reading matches. *Literally*,
+with ``.`` and ``..`` kept as segments (only empty segments dropped), is how Starlette and FastAPI route it: uvicorn
+and hypercorn decode ``%2e`` and resolve no dot segments, and a ``{tenant}`` segment takes ``.`` or ``..`` as its
+value, so ``POST /v1/tenants/../chat`` reaches the ``/v1/tenants/{tenant}/chat`` handler. *Resolved* as above is
+how a lenient router dispatches it. Neither reading alone is as strong as every router; together they are. When
+both match, the longer pattern wins, as it does within a reading (``/v1/chat/./completions`` is chat, not the
+literal reading's ``/completions``; ``/openai/deployments/./chat/completions`` is chat for deployment ``"."``, not
+a text completion for deployment ``"chat"``); on a tie the literal reading wins, since a path that still has dot
+segments reached the app without a proxy normalising it. A path without dot segments has one reading.
+
 Lookups are memoised per raw path (bounded), so the common case on the hot path is one dict lookup.
 """
 
@@ -70,6 +80,15 @@ def normalise(path: str) -> list[str]:
     return segments
 
 
+def _readings(path: str) -> list[list[str]]:
+    """The segments of ``path`` as routers may read it: when it has dot segments, literally (``.`` and ``..``
+    kept) and then with them resolved; otherwise the one reading."""
+    literal = [segment for segment in path.lower().split("/") if segment]
+    if "." not in literal and ".." not in literal:
+        return [literal]
+    return [literal, normalise(path)]
+
+
 def _pattern_segments(pattern: str) -> list[str]:
     segments = normalise(pattern)
     if segments and segments[0] == "v1":
@@ -124,15 +143,20 @@ class RouteTable:
             return self._memo[path]
         except KeyError:
             pass
-        found = self._match_segments(normalise(path))
+        found, found_depth = None, -1
+        for segments in _readings(path):
+            match, depth = self._match_segments(segments)
+            if depth > found_depth:
+                found, found_depth = match, depth
         if len(self._memo) >= _MEMO_LIMIT:
             # Arbitrary paths must not grow memory without bound; a reset costs one re-normalisation each.
             self._memo.clear()
         self._memo[path] = found
         return found
 
-    def _match_segments(self, segments: list[str]) -> RouteMatch | None:
-        """The longest pattern matching the tail of ``segments`` (literal segments before wildcards)."""
+    def _match_segments(self, segments: list[str]) -> tuple[RouteMatch | None, int]:
+        """The longest pattern matching the tail of ``segments`` (literal segments before wildcards), and its
+        length in segments (-1 for none)."""
         best: RouteMatch | None = None
         stack: list[tuple[_Node, int, dict[str, str]]] = [(self._root, len(segments), {})]
         best_depth = -1
@@ -149,4 +173,4 @@ class RouteTable:
             child = node.children.get(segment)
             if child is not None:
                 stack.append((child, position - 1, params))
-        return best
+        return best, best_depth

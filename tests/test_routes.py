@@ -73,6 +73,58 @@ def test_custom_routes_merge_over_defaults() -> None:
     assert table.match("/v1/chat/completions") is not None
 
 
+@pytest.mark.parametrize("segment", [".", ".."])
+def test_dot_segment_filling_a_name_segment_is_matched(segment: str) -> None:
+    # Regression: Starlette and uvicorn keep "." and ".." as path segments and a {tenant} route takes them as its
+    # value, so the literal reading must match as well as the dot-resolved one.
+    table = RouteTable({"/v1/tenants/{tenant}/chat": "completion"})
+    match = table.match(f"/v1/tenants/{segment}/chat")
+    assert match is not None and match.call_type == "completion" and match.params == {"tenant": segment}
+
+
+def test_dot_segment_as_an_azure_deployment_is_matched() -> None:
+    table = RouteTable({"/completions": None})
+    for path in ("/openai/deployments/./completions", "/openai/deployments/../completions"):
+        match = table.match(path)
+        assert match is not None and match.call_type == "text_completion", path
+
+
+def test_the_longer_match_wins_across_readings() -> None:
+    # Starlette routes this to the Azure chat handler (deployment "."); resolved, it reads as an Azure text
+    # completion for deployment "chat", one segment shorter.
+    match = RouteTable().match("/openai/deployments/./chat/completions")
+    assert match is not None and match.call_type == "completion" and match.params == {"deployment": "."}
+    # Literally only the "/completions" tail matches; resolved, "/chat/completions" does.
+    match = RouteTable().match("/v1/chat/./completions")
+    assert match is not None and match.call_type == "completion"
+
+
+def test_on_a_tie_the_literal_reading_wins() -> None:
+    # Three segments each: literally "tenants/../chat", resolved "api/x/chat".
+    match = RouteTable({"/v1/tenants/{tenant}/chat": "completion", "/api/x/chat": "embeddings"}).match(
+        "/api/x/tenants/../chat"
+    )
+    assert match is not None and match.call_type == "completion" and match.params == {"tenant": ".."}
+
+
+def test_the_resolved_reading_still_guards_what_the_literal_one_does_not() -> None:
+    match = RouteTable().match("/v1/chat/completions/x/..")
+    assert match is not None and match.call_type == "completion"
+
+
+async def test_dot_segment_name_value_does_not_reach_a_starlette_handler_unguarded() -> None:
+    async def tenant_chat(request: Request) -> JSONResponse:
+        return JSONResponse({"reached": request.path_params["tenant"]})
+
+    app = Starlette(routes=[Route("/v1/tenants/{tenant}/chat", tenant_chat, methods=["POST"])])
+    app.add_middleware(LLMHookMiddleware, hooks=[RefuseAll()], routes={"/v1/tenants/{tenant}/chat": "completion"})
+    for segment in (".", ".."):
+        # Scripted: httpx would resolve the dot segments before sending.
+        script = Script(body_messages(orjson.dumps(chat())))
+        await app(http_scope(f"/v1/tenants/{segment}/chat"), script.receive, script.send)
+        assert orjson.loads(script.body)["choices"][0]["message"]["content"] == "refused completion", segment
+
+
 def test_memo_is_bounded() -> None:
     table = RouteTable()
     for index in range(10_000):

@@ -3,7 +3,8 @@ did not see?
 
 Every case goes over a raw socket (so lying ``Content-Length``s, raw path bytes, chunked bodies and invalid UTF-8
 reach the server as written) to a real server (uvicorn and hypercorn) in front of a FastAPI and a Starlette app.
-Both apps are as lenient as a real deployment can be: explicit OpenAI routes (FastAPI parsing the body itself),
+Both apps are as lenient as a real deployment can be: explicit OpenAI routes (FastAPI parsing the body itself) and
+a custom ``{tenant}`` route the guard is configured for,
 the same routes under a ``Mount("/api")``, a catch-all that normalises the path the way a forgiving router or
 proxy would (case, repeated and trailing slashes, dot segments, ``/v1`` or not, Azure deployment paths), and a
 method-override middleware inside the guard. Every handler that does LLM work records exactly what it received.
@@ -165,7 +166,10 @@ EXPLICIT_POST = [
     "/v1/images/generations",
     "/openai/deployments/{deployment}/chat/completions",
     "/openai/deployments/{deployment}/embeddings",
+    "/v1/tenants/{tenant}/chat",  # a custom route with a {name} segment, guarded through the routes option
 ]
+#: The guard's own routes: the custom route above, matched the way a user would configure it.
+CUSTOM_ROUTES = {"/v1/tenants/{tenant}/chat": "completion"}
 
 
 def starlette_app(recorder: Recorder) -> Any:
@@ -188,7 +192,7 @@ def starlette_app(recorder: Recorder) -> Any:
     return Starlette(
         routes=[Mount("/api", routes=routes()), *routes()],
         middleware=[
-            Middleware(LLMHookMiddleware, hooks=[recorder], max_body_bytes=LIMIT),
+            Middleware(LLMHookMiddleware, hooks=[recorder], max_body_bytes=LIMIT, routes=CUSTOM_ROUTES),
             Middleware(MethodOverride),
         ],
     )
@@ -220,7 +224,8 @@ def fastapi_app(recorder: Recorder) -> Any:
     app.mount("/api", mounted)
     app.include_router(router())
     app.add_middleware(MethodOverride)
-    app.add_middleware(LLMHookMiddleware, hooks=[recorder], max_body_bytes=LIMIT)  # the last added is outermost
+    # the last added is outermost
+    app.add_middleware(LLMHookMiddleware, hooks=[recorder], max_body_bytes=LIMIT, routes=CUSTOM_ROUTES)
     return app
 
 
@@ -370,6 +375,16 @@ PATHS = [
     "/api//v1/chat/completions/",
     "/api/V1/Chat/Completions",
     "/api/chat/completions",
+    # Starlette and the servers keep "." and ".." segments (decoded from %2e too) and {tenant} takes them
+    "/v1/tenants/acme/chat",
+    "/v1/tenants/./chat",
+    "/v1/tenants/../chat",
+    "/v1/tenants/%2e%2e/chat",
+    "/v1/tenants/%2E/chat",
+    "/v1/tenants/.%2E/chat",
+    "/api/v1/tenants/../chat",
+    "/openai/deployments/./chat/completions",
+    "/openai/deployments/%2e%2e/chat/completions",
 ]
 
 OTHER_ENDPOINTS = [
@@ -607,6 +622,43 @@ async def test_bypass_matrix(target: Target, case: Case) -> None:
         assert case.expect == NO_BYPASS
         assert all(r.status in case.statuses for r in responses), [(r.status, r.body) for r in responses]
         assert not [seen for seen in recorder.app if seen.kind == "llm" and seen.guard_data is None]
+
+
+# -- removed defaults: what stays guarded still is, whatever fills a {name} segment -----------------------------
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/openai/deployments/gpt/completions",
+        "/openai/deployments/./completions",
+        "/openai/deployments/../completions",
+        "/openai/deployments/%2e/completions",
+        "/openai/deployments/%2E%2E/completions",
+    ],
+)
+async def test_azure_form_with_its_plain_default_removed_is_guarded_for_any_deployment(
+    server: str, target: str
+) -> None:
+    """Regression: with ``routes={"/completions": None}`` the Azure form stays guarded, and a deployment of "."
+    or ".." (which Starlette's ``{deployment}`` takes) no longer walks around it."""
+    recorder = Recorder()
+
+    async def llm(request: StarletteRequest) -> Response:
+        return await record_llm(recorder, request)
+
+    app = Starlette(
+        routes=[Route("/openai/deployments/{deployment}/completions", llm, methods=["POST"])],
+        middleware=[Middleware(LLMHookMiddleware, hooks=[recorder], routes={"/completions": None})],
+    )
+    body = orjson.dumps({"model": "m", "prompt": "say hi"})
+    async with SERVERS[server](app) as base_url:
+        responses = await exchange(int(base_url.rsplit(":", 1)[1]), request_bytes(target, body))
+    check_no_bypass(recorder)
+    assert [r.status for r in responses] == [200], [(r.status, r.body) for r in responses]
+    assert [call_type for call_type, _ in recorder.hooked] == ["text_completion"]
+    assert len(recorder.app) == 1
 
 
 # -- method overrides in process: the hooked body reaches the app ------------------------------------------------
