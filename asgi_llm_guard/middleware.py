@@ -1,10 +1,14 @@
 """``LLMHookMiddleware``: the ASGI entry point and the flow of one guarded request.
 
 Unguarded traffic (not HTTP, not POST, not a guarded route) reaches the app with the very same ``scope``,
-``receive`` and ``send`` after one dict lookup. A guarded request goes: identity → body (read once, bounded) →
-``enforce_user_param`` → pre-call hooks → moderation (before, or raced against the app) → the app, whose response
-flows back through :class:`~asgi_llm_guard.pipeline.ResponsePipeline`. Any failure on the way is reported once to
-the failure hooks and answered in the form the client can still receive (SPEC 4 and 5).
+``receive`` and ``send`` after one dict lookup. The route path is ``path`` with ``root_path`` removed on a segment
+boundary only, as Starlette's ``get_route_path`` does; where that matches no route, the whole ``path`` is matched
+too (a mounted app's router may keep ``root_path``), which guards more than Starlette does, never less.
+
+A guarded request goes: identity → body (read once, bounded) → ``enforce_user_param`` → pre-call hooks →
+moderation (before, or raced against the app) → the app, whose response flows back through
+:class:`~asgi_llm_guard.pipeline.ResponsePipeline`. Any failure on the way is reported once to the failure hooks
+and answered in the form the client can still receive (SPEC 4 and 5).
 
 Differences from the LiteLLM proxy, on purpose: ``enforce_user_param`` answers 400 and rejects ``null`` (LiteLLM
 answers 401 and lets ``null`` through); moderation can run before the app (``moderation="before"``) so a blocked
@@ -155,9 +159,14 @@ class LLMHookMiddleware:
             return
         path: str = scope["path"]
         root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :]
-        match = self.routes.match(path)
+        match = None
+        if root_path and path[len(root_path) : len(root_path) + 1] == "/" and path.startswith(root_path):
+            # The route path: root_path removed on a segment boundary only, as Starlette's get_route_path does
+            # (SPEC 3). The whole path is matched too when that finds nothing, so a router that keeps root_path
+            # (or one that strips it anyway) cannot be reached around the guard either.
+            match = self.routes.match(path[len(root_path) :])
+        if match is None:
+            match = self.routes.match(path)
         if match is None or (scope["method"] != "POST" and not _overridden_to_write(scope)):
             await self.app(scope, receive, send)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from asgi_llm_guard import LLMHookMiddleware
 from asgi_llm_guard.routes import RouteTable, normalise
 
 from .apps import Downstream, Script, body_messages, chat, client, guarded, http_scope
+from .servers import serve
 
 
 class RefuseAll:
@@ -184,6 +186,53 @@ async def test_guarded_app_mounted_under_a_prefix_matches_without_it() -> None:
         response = await c.post("/v1/chat/completions", json=chat())
     assert response.status_code == 400  # an embeddings refusal: proves the route path had root_path removed
     assert response.json()["error"]["message"] == "refused embeddings"
+
+
+async def embeddings_handler(request: Request) -> JSONResponse:
+    return JSONResponse({"reached": request.url.path})
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path"),
+    [
+        ("/v1/embeddings", "/v1/embed"),  # Starlette routes on the whole path: "/v1/embed" is not a segment prefix
+        ("/v1/embeddings", "/v1/embeddings"),  # the route path is "" (Starlette: 404); the whole path matches
+        ("/v1/embed/v1/embeddings", "/v1/embed"),
+    ],
+)
+async def test_root_path_is_removed_only_on_a_segment_boundary(path: str, root_path: str) -> None:
+    app = Starlette(routes=[Route("/v1/embeddings", embeddings_handler, methods=["POST"])])
+    app.add_middleware(LLMHookMiddleware, hooks=[RefuseAll()])
+    script = Script(body_messages(orjson.dumps({"model": "m", "input": "x"})))
+    await app(http_scope(path, root_path=root_path), script.receive, script.send)
+    assert script.status == 400
+    assert orjson.loads(script.body)["error"]["message"] == "refused embeddings"
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_root_path_not_on_a_boundary_is_guarded_over_uvicorn(http: str) -> None:
+    # Regression: uvicorn --root-path /v1/embed and the request target "dings" give the scope path
+    # "/v1/embeddings", which Starlette routes to /v1/embeddings; the guard used to match "dings".
+    app = Starlette(routes=[Route("/v1/embeddings", embeddings_handler, methods=["POST"])])
+    app.add_middleware(LLMHookMiddleware, hooks=[RefuseAll()])
+    body = orjson.dumps({"model": "m", "input": "x"})
+    async with serve(app, http=http, root_path="/v1/embed") as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST dings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await writer.wait_closed()
+    head, _, answer = raw.partition(b"\r\n\r\n")
+    assert b'"reached"' not in answer, raw
+    if http == "httptools":
+        assert head.startswith(b"HTTP/1.1 400 Bad Request"), raw  # its parser refuses the target itself
+    else:
+        assert orjson.loads(answer)["error"]["message"] == "refused embeddings", raw
 
 
 async def test_unguarded_requests_get_the_very_same_scope_receive_and_send() -> None:
