@@ -6,7 +6,18 @@ matches a pattern when its *last* segments do, so ``/v1/chat/completions``, ``/c
 ``/openai/deployments/gpt-4o/chat/completions`` are all chat. Matching on the tail is deliberately stronger than any
 router we sit in front of: a router that is case-insensitive, ignores trailing slashes or mounts the OpenAI routes
 under a prefix still cannot be reached around the guard. The price is that an unrelated POST route whose path ends
-in, say, ``/embeddings`` is guarded too; ``routes={"/embeddings": None}`` removes a default.
+in, say, ``/embeddings`` is guarded too; ``routes={"/admin/cache/embeddings": None}`` exempts it.
+
+A ``None`` in ``routes`` removes that pattern (a default, or any path) and wins over the shorter guarded patterns
+*it ends with*, for the paths it matches: ``routes={"/openai/deployments/{deployment}/embeddings": None}`` lets
+``/openai/deployments/ada/embeddings`` through although ``/embeddings`` matches its tail, while ``/v1/embeddings``
+stays guarded, and so does ``/openai/deployments/ada/chat/completions`` (a longer pattern always wins). It covers
+only patterns that are a tail of the removed one, segment for segment: removing the Azure text-completion form
+``/openai/deployments/{deployment}/completions`` does not let ``/openai/deployments/chat/completions`` through,
+since ``/chat/completions`` matches ``chat`` where the removed pattern only had ``{deployment}``, and a router
+mounting the OpenAI routes under ``/openai/deployments`` would dispatch it to chat. So a removal lets through only
+paths its own pattern matches, and gives up only the readings in which one of its own tails is the route (removing
+``/chat/completions`` also stops guarding ``/v1/chat/completions`` as a ``/completions`` mounted under ``/v1/chat``).
 
 A path with ``.`` or ``..`` segments is read two ways, and it is guarded if *either* reading matches. *Literally*,
 with ``.`` and ``..`` kept as segments (only empty segments dropped), is how Starlette and FastAPI route it: uvicorn
@@ -57,12 +68,13 @@ class RouteMatch:
     params: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Node:
     children: dict[str, _Node] = field(default_factory=dict)
     wildcard: _Node | None = None
     wildcard_name: str = ""
     call_type: str | None = None
+    removed: bool = False  # a pattern given as None: it ends here
 
 
 def normalise(path: str) -> list[str]:
@@ -89,6 +101,14 @@ def _readings(path: str) -> list[list[str]]:
     return [literal, normalise(path)]
 
 
+def _is_name(segment: str) -> bool:
+    return segment.startswith("{") and segment.endswith("}")
+
+
+def _shape(segments: list[str]) -> tuple[str, ...]:
+    return tuple("{}" if _is_name(segment) else segment for segment in segments)
+
+
 def _pattern_segments(pattern: str) -> list[str]:
     segments = normalise(pattern)
     if segments and segments[0] == "v1":
@@ -107,35 +127,36 @@ class RouteTable:
     """
 
     def __init__(self, overrides: Mapping[str, str | None] | None = None) -> None:
-        merged: dict[tuple[str, ...], tuple[str, str]] = {}
+        # Keyed by shape ({name} segments alike whatever their names), so "/openai/deployments/{d}/embeddings": None
+        # removes the default spelt with {deployment}. A None value stays in as a removal (see the module docstring).
+        merged: dict[tuple[str, ...], tuple[list[str], str | None]] = {}
         for pattern, default in DEFAULT_ROUTES.items():
-            merged[tuple(_pattern_segments(pattern))] = (pattern, default)
+            segments = _pattern_segments(pattern)
+            merged[_shape(segments)] = (segments, default)
         for pattern, call_type in (overrides or {}).items():
             if not isinstance(pattern, str):
                 raise TypeError(
                     f"routes keys must be path strings such as '/chat/completions', not {pattern!r}"
                 )
-            key = tuple(_pattern_segments(pattern))
-            if call_type is None:
-                merged.pop(key, None)
-                continue
-            if call_type not in CALL_TYPES:
+            if call_type is not None and call_type not in CALL_TYPES:
                 raise ValueError(
                     f"routes[{pattern!r}] = {call_type!r} is not a call type; use one of {', '.join(CALL_TYPES)}"
                     " (or None to stop guarding a default route)"
                 )
-            merged[key] = (pattern, call_type)
+            segments = _pattern_segments(pattern)
+            merged[_shape(segments)] = (segments, call_type)
         self._root = _Node()
-        for key, (_pattern, call_type) in merged.items():
+        for segments, call_type in merged.values():
             node = self._root
-            for segment in reversed(key):
-                if segment.startswith("{") and segment.endswith("}"):
+            for segment in reversed(segments):
+                if _is_name(segment):
                     if node.wildcard is None:
                         node.wildcard = _Node(wildcard_name=segment[1:-1])
                     node = node.wildcard
                 else:
                     node = node.children.setdefault(segment, _Node())
             node.call_type = call_type
+            node.removed = call_type is None
         self._memo: dict[str, RouteMatch | None] = {}
 
     def match(self, path: str) -> RouteMatch | None:
@@ -155,22 +176,31 @@ class RouteTable:
         return found
 
     def _match_segments(self, segments: list[str]) -> tuple[RouteMatch | None, int]:
-        """The longest pattern matching the tail of ``segments`` (literal segments before wildcards), and its
-        length in segments (-1 for none)."""
-        best: RouteMatch | None = None
-        stack: list[tuple[_Node, int, dict[str, str]]] = [(self._root, len(segments), {})]
-        best_depth = -1
+        """The longest guarded pattern matching the tail of ``segments`` (literal segments before wildcards) that
+        no matching removal ends with, and its length in segments (-1 for none)."""
+        found: list[tuple[int, _Node, str, dict[str, str]]] = []
+        covered: set[_Node] = set()
+        # Each entry carries the guarded patterns on its way from the root: the ones a removal ending here ends with.
+        stack: list[tuple[_Node, int, dict[str, str], tuple[_Node, ...]]] = [(self._root, len(segments), {}, ())]
         while stack:
-            node, position, params = stack.pop()
-            depth = len(segments) - position
-            if node.call_type is not None and depth > best_depth:
-                best, best_depth = RouteMatch(node.call_type, params), depth
+            node, position, params, guarded_tails = stack.pop()
+            if node.call_type is not None:
+                found.append((len(segments) - position, node, node.call_type, params))
+                guarded_tails = (*guarded_tails, node)
+            elif node.removed:
+                covered.update(guarded_tails)
             if position == 0:
                 continue
             segment = segments[position - 1]
             if node.wildcard is not None:
-                stack.append((node.wildcard, position - 1, {**params, node.wildcard.wildcard_name: segment}))
+                wildcard_params = {**params, node.wildcard.wildcard_name: segment}
+                stack.append((node.wildcard, position - 1, wildcard_params, guarded_tails))
             child = node.children.get(segment)
             if child is not None:
-                stack.append((child, position - 1, params))
+                stack.append((child, position - 1, params, guarded_tails))
+        best: RouteMatch | None = None
+        best_depth = -1
+        for depth, node, call_type, params in found:
+            if depth > best_depth and node not in covered:
+                best, best_depth = RouteMatch(call_type, params), depth
         return best, best_depth

@@ -127,6 +127,77 @@ async def test_dot_segment_name_value_does_not_reach_a_starlette_handler_unguard
         assert orjson.loads(script.body)["choices"][0]["message"]["content"] == "refused completion", segment
 
 
+def test_removing_an_azure_form_is_not_undone_by_the_plain_tail() -> None:
+    # Regression: "/embeddings" used to match the removed Azure form's path by its tail, so the removal did nothing.
+    table = RouteTable({"/openai/deployments/{deployment}/embeddings": None})
+    assert table.match("/openai/deployments/ada/embeddings") is None
+    assert table.match("/v1/openai/deployments/ada/embeddings/") is None
+    for path in ("/v1/embeddings", "/embeddings", "/api/v1/embeddings", "/openai/deployments/embeddings"):
+        match = table.match(path)
+        assert match is not None and match.call_type == "embeddings", path
+    match = table.match("/openai/deployments/ada/chat/completions")
+    assert match is not None and match.call_type == "completion"
+
+
+def test_a_removal_names_its_segments_as_it_likes() -> None:
+    table = RouteTable({"/openai/deployments/{name}/embeddings": None})
+    assert table.match("/openai/deployments/ada/embeddings") is None
+
+
+def test_removing_chat_does_not_leave_it_guarded_as_a_text_completion() -> None:
+    table = RouteTable({"/chat/completions": None})
+    assert table.match("/v1/chat/completions") is None
+    match = table.match("/v1/completions")
+    assert match is not None and match.call_type == "text_completion"
+    match = table.match("/openai/deployments/gpt/chat/completions")  # the Azure form is a default of its own
+    assert match is not None and match.call_type == "completion"
+
+
+def test_a_removal_only_covers_the_routes_it_ends_with() -> None:
+    # The removed Azure text-completion form matches this path with deployment "chat"; the chat default, which a
+    # router mounting the OpenAI routes under "/openai/deployments" dispatches it to, must stay guarded.
+    table = RouteTable({"/openai/deployments/{deployment}/completions": None})
+    match = table.match("/openai/deployments/chat/completions")
+    assert match is not None and match.call_type == "completion"
+    assert table.match("/openai/deployments/gpt/completions") is None
+    match = table.match("/v1/completions")
+    assert match is not None and match.call_type == "text_completion"
+
+
+def test_a_removal_of_a_path_that_is_no_default_exempts_it_from_a_default_tail() -> None:
+    table = RouteTable({"/admin/cache/embeddings": None})
+    assert table.match("/admin/cache/embeddings") is None
+    match = table.match("/admin/embeddings")
+    assert match is not None and match.call_type == "embeddings"
+
+
+def test_a_longer_guarded_route_wins_over_a_removal() -> None:
+    table = RouteTable({"/embeddings": None, "/tenants/{tenant}/embeddings": "embeddings"})
+    assert table.match("/v1/embeddings") is None
+    match = table.match("/v1/tenants/acme/embeddings")
+    assert match is not None and match.call_type == "embeddings"
+
+
+def test_a_removal_holds_in_either_reading_of_a_dot_segment_path() -> None:
+    # Literally the removed Azure form (deployment "."); resolved, "/openai/deployments/embeddings" ends with the
+    # "/embeddings" default: guarded, since a path is guarded if either reading matches.
+    table = RouteTable({"/openai/deployments/{deployment}/embeddings": None})
+    match = table.match("/openai/deployments/./embeddings")
+    assert match is not None and match.call_type == "embeddings"
+
+
+async def test_a_removed_azure_form_reaches_the_app_untouched_and_the_plain_route_is_guarded() -> None:
+    app, down = guarded(RefuseAll(), routes={"/openai/deployments/{deployment}/embeddings": None})
+    async with client(app) as c:
+        passed = await c.post("/openai/deployments/ada/embeddings", content=b'{"input": "x", "input": "y"}')
+        refused = await c.post("/v1/embeddings", json={"model": "m", "input": "x"})
+    # untouched: a guarded body would have been re-serialised with one "input"
+    assert passed.status_code == 200 and down.received[0].body == b'{"input": "x", "input": "y"}'
+    assert down.received[0].state is None
+    assert refused.status_code == 400 and refused.json()["error"]["message"] == "refused embeddings"
+    assert len(down.received) == 1
+
+
 def test_memo_is_bounded() -> None:
     table = RouteTable()
     for index in range(10_000):
