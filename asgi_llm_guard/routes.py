@@ -6,7 +6,9 @@ matches a pattern when its *last* segments do, so ``/v1/chat/completions``, ``/c
 ``/openai/deployments/gpt-4o/chat/completions`` are all chat. Matching on the tail is deliberately stronger than any
 router we sit in front of: a router that is case-insensitive, ignores trailing slashes or mounts the OpenAI routes
 under a prefix still cannot be reached around the guard. The price is that an unrelated POST route whose path ends
-in, say, ``/embeddings`` is guarded too; ``routes={"/admin/cache/embeddings": None}`` exempts it.
+in, say, ``/embeddings`` is guarded too; ``routes={"/admin/cache/embeddings": None}`` exempts it. Matching is
+case-insensitive, but the values of ``{name}`` segments keep the path's spelling: a refusal names the deployment
+``GPT-4o-Prod`` as the client asked for it (SPEC 8).
 
 A ``None`` in ``routes`` removes that pattern (a default, or any path) and wins over the shorter guarded patterns
 *it ends with*, for the paths it matches: ``routes={"/openai/deployments/{deployment}/embeddings": None}`` lets
@@ -80,25 +82,28 @@ class _Node:
 def normalise(path: str) -> list[str]:
     """The segments of a path as a lenient router would see them: ``"//V1/./Chat//completions/"`` gives
     ``["v1", "chat", "completions"]``."""
-    segments: list[str] = []
-    for segment in path.lower().split("/"):
-        if segment == "" or segment == ".":
-            continue
+    return _resolved([segment for segment in path.lower().split("/") if segment])
+
+
+def _resolved(segments: list[str]) -> list[str]:
+    resolved: list[str] = []
+    for segment in segments:
         if segment == "..":
-            if segments:
-                segments.pop()
-            continue
-        segments.append(segment)
-    return segments
+            if resolved:
+                resolved.pop()
+        elif segment != ".":
+            resolved.append(segment)
+    return resolved
 
 
 def _readings(path: str) -> list[list[str]]:
-    """The segments of ``path`` as routers may read it: when it has dot segments, literally (``.`` and ``..``
+    """The segments of ``path`` as routers may read it, spelt as in ``path`` (matching lower-cases them; values of
+    ``{name}`` segments keep the client's spelling, SPEC 8): when it has dot segments, literally (``.`` and ``..``
     kept) and then with them resolved; otherwise the one reading."""
-    literal = [segment for segment in path.lower().split("/") if segment]
+    literal = [segment for segment in path.split("/") if segment]
     if "." not in literal and ".." not in literal:
         return [literal]
-    return [literal, normalise(path)]
+    return [literal, _resolved(literal)]
 
 
 def _is_name(segment: str) -> bool:
@@ -165,8 +170,8 @@ class RouteTable:
         except KeyError:
             pass
         found, found_depth = None, -1
-        for segments in _readings(path):
-            match, depth = self._match_segments(segments)
+        for spelt in _readings(path):
+            match, depth = self._match_segments([segment.lower() for segment in spelt], spelt)
             if depth > found_depth:
                 found, found_depth = match, depth
         if len(self._memo) >= _MEMO_LIMIT:
@@ -175,9 +180,10 @@ class RouteTable:
         self._memo[path] = found
         return found
 
-    def _match_segments(self, segments: list[str]) -> tuple[RouteMatch | None, int]:
+    def _match_segments(self, segments: list[str], spelt: list[str]) -> tuple[RouteMatch | None, int]:
         """The longest guarded pattern matching the tail of ``segments`` (literal segments before wildcards) that
-        no matching removal ends with, and its length in segments (-1 for none)."""
+        no matching removal ends with, and its length in segments (-1 for none). ``spelt`` is ``segments`` as the
+        path spells them, for the values of ``{name}`` segments."""
         found: list[tuple[int, _Node, str, dict[str, str]]] = []
         covered: set[_Node] = set()
         # Each entry carries the guarded patterns on its way from the root: the ones a removal ending here ends with.
@@ -193,7 +199,7 @@ class RouteTable:
                 continue
             segment = segments[position - 1]
             if node.wildcard is not None:
-                wildcard_params = {**params, node.wildcard.wildcard_name: segment}
+                wildcard_params = {**params, node.wildcard.wildcard_name: spelt[position - 1]}
                 stack.append((node.wildcard, position - 1, wildcard_params, guarded_tails))
             child = node.children.get(segment)
             if child is not None:

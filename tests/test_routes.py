@@ -67,6 +67,29 @@ def test_azure_deployment_is_captured() -> None:
     assert match is not None and match.params == {"deployment": "my-gpt"}
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/openai/deployments/GPT-4o-Prod/chat/completions",
+        "/OpenAI/Deployments/GPT-4o-Prod/Chat/Completions/",
+        "/openai/deployments/GPT-4o-Prod/./chat/completions",
+        "/x/../openai/deployments/GPT-4o-Prod/chat/completions",
+    ],
+)
+def test_segment_values_keep_the_paths_spelling(path: str) -> None:
+    # Regression: values came from the lower-cased path; matching stays case-insensitive.
+    match = RouteTable().match(path)
+    assert match is not None and match.call_type == "completion" and match.params == {"deployment": "GPT-4o-Prod"}
+
+
+def test_paths_differing_in_case_get_their_own_values() -> None:
+    table = RouteTable()
+    first = table.match("/openai/deployments/Ada/embeddings")
+    second = table.match("/openai/deployments/ADA/embeddings")
+    assert first is not None and first.params == {"deployment": "Ada"}
+    assert second is not None and second.params == {"deployment": "ADA"}
+
+
 def test_custom_routes_merge_over_defaults() -> None:
     table = RouteTable({"/v1/tenants/{tenant}/chat": "completion", "/embeddings": None})
     match = table.match("/V1/tenants/acme/chat/")
@@ -234,6 +257,17 @@ async def test_azure_refusal_names_the_deployment_when_the_body_has_no_model() -
             "/openai/deployments/gpt4/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
         )
     assert response.json()["model"] == "gpt4"
+
+
+async def test_azure_refusal_names_the_deployment_as_the_client_spelt_it() -> None:
+    app, _ = guarded(RefuseAll())
+    async with client(app) as c:
+        response = await c.post(
+            "/openai/deployments/GPT-4o-Prod/chat/completions?api-version=2024-06-01",
+            json={"messages": [{"role": "user", "content": "x"}]},
+        )
+    assert response.status_code == 200
+    assert response.json()["model"] == "GPT-4o-Prod"
 
 
 async def handler(request: Request) -> JSONResponse:
