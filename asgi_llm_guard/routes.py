@@ -74,8 +74,8 @@ class RouteMatch:
 class _Node:
     children: dict[str, _Node] = field(default_factory=dict)
     wildcard: _Node | None = None
-    wildcard_name: str = ""
     call_type: str | None = None
+    names: tuple[str, ...] = ()  # the pattern ending here names its {name} segments, last first
     removed: bool = False  # a pattern given as None: it ends here
 
 
@@ -156,10 +156,12 @@ class RouteTable:
             for segment in reversed(segments):
                 if _is_name(segment):
                     if node.wildcard is None:
-                        node.wildcard = _Node(wildcard_name=segment[1:-1])
+                        node.wildcard = _Node()
                     node = node.wildcard
                 else:
                     node = node.children.setdefault(segment, _Node())
+            # On the node, not the wildcard: patterns sharing a wildcard node may name it differently.
+            node.names = tuple(segment[1:-1] for segment in reversed(segments) if _is_name(segment))
             node.call_type = call_type
             node.removed = call_type is None
         self._memo: dict[str, RouteMatch | None] = {}
@@ -184,14 +186,15 @@ class RouteTable:
         """The longest guarded pattern matching the tail of ``segments`` (literal segments before wildcards) that
         no matching removal ends with, and its length in segments (-1 for none). ``spelt`` is ``segments`` as the
         path spells them, for the values of ``{name}`` segments."""
-        found: list[tuple[int, _Node, str, dict[str, str]]] = []
+        found: list[tuple[int, _Node, str, tuple[str, ...]]] = []
         covered: set[_Node] = set()
-        # Each entry carries the guarded patterns on its way from the root: the ones a removal ending here ends with.
-        stack: list[tuple[_Node, int, dict[str, str], tuple[_Node, ...]]] = [(self._root, len(segments), {}, ())]
+        # Each entry carries the values of the {name} segments so far (last first), and the guarded patterns on its
+        # way from the root: the ones a removal ending here ends with.
+        stack: list[tuple[_Node, int, tuple[str, ...], tuple[_Node, ...]]] = [(self._root, len(segments), (), ())]
         while stack:
-            node, position, params, guarded_tails = stack.pop()
+            node, position, values, guarded_tails = stack.pop()
             if node.call_type is not None:
-                found.append((len(segments) - position, node, node.call_type, params))
+                found.append((len(segments) - position, node, node.call_type, values))
                 guarded_tails = (*guarded_tails, node)
             elif node.removed:
                 covered.update(guarded_tails)
@@ -199,14 +202,13 @@ class RouteTable:
                 continue
             segment = segments[position - 1]
             if node.wildcard is not None:
-                wildcard_params = {**params, node.wildcard.wildcard_name: spelt[position - 1]}
-                stack.append((node.wildcard, position - 1, wildcard_params, guarded_tails))
+                stack.append((node.wildcard, position - 1, (*values, spelt[position - 1]), guarded_tails))
             child = node.children.get(segment)
             if child is not None:
-                stack.append((child, position - 1, params, guarded_tails))
+                stack.append((child, position - 1, values, guarded_tails))
         best: RouteMatch | None = None
         best_depth = -1
-        for depth, node, call_type, params in found:
+        for depth, node, call_type, values in found:
             if depth > best_depth and node not in covered:
-                best, best_depth = RouteMatch(call_type, params), depth
+                best, best_depth = RouteMatch(call_type, dict(zip(node.names, values, strict=True))), depth
         return best, best_depth

@@ -82,6 +82,26 @@ def test_segment_values_keep_the_paths_spelling(path: str) -> None:
     assert match is not None and match.call_type == "completion" and match.params == {"deployment": "GPT-4o-Prod"}
 
 
+def test_each_pattern_names_its_own_segments() -> None:
+    # Regression: "/v1/tenants/{tenant}/completions" shares its last two trie nodes with the Azure text-completion
+    # form, and its value was reported under the Azure form's name, "deployment".
+    table = RouteTable({"/v1/tenants/{tenant}/completions": "text_completion", "/x/{a}/{b}/chat": "completion"})
+    match = table.match("/v1/tenants/acme/completions")
+    assert match is not None and match.params == {"tenant": "acme"}
+    match = table.match("/openai/deployments/ada/completions")
+    assert match is not None and match.params == {"deployment": "ada"}
+    match = table.match("/x/1/2/chat")
+    assert match is not None and match.params == {"a": "1", "b": "2"}
+
+
+async def test_a_refusal_does_not_take_a_tenant_for_the_model() -> None:
+    app, _ = guarded(RefuseAll(), routes={"/v1/tenants/{tenant}/completions": "text_completion"})
+    async with client(app) as c:
+        response = await c.post("/v1/tenants/acme/completions", json={"prompt": "x"})
+    assert response.status_code == 200
+    assert response.json()["model"] == "unknown"
+
+
 def test_paths_differing_in_case_get_their_own_values() -> None:
     table = RouteTable()
     first = table.match("/openai/deployments/Ada/embeddings")
