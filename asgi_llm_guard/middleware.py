@@ -167,7 +167,7 @@ class LLMHookMiddleware:
             match = self.routes.match(path[len(root_path) :])
         if match is None:
             match = self.routes.match(path)
-        if match is None or (scope["method"] != "POST" and not _overridden_to_write(scope)):
+        if match is None or (scope["method"] != "POST" and not _overridden_to_post(scope)):
             await self.app(scope, receive, send)
             return
         await GuardedCall(self, scope, receive, send, match).run()
@@ -231,11 +231,12 @@ class DisconnectWatch:
 _METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
 
-def _overridden_to_write(scope: Scope) -> bool:
+def _overridden_to_post(scope: Scope) -> bool:
     """A GET (say) that asks a method-override middleware downstream to treat it as a POST is guarded as one:
-    otherwise ``X-HTTP-Method-Override: POST`` would walk around the guard."""
+    otherwise ``X-HTTP-Method-Override: POST`` would walk around the guard. An override to any other method
+    passes through, as a request made with that method does (SPEC 3 guards POST only)."""
     for name, value in scope["headers"]:
-        if name in _METHOD_OVERRIDES and value.strip().upper() in (b"POST", b"PUT", b"PATCH"):
+        if name in _METHOD_OVERRIDES and value.strip().upper() == b"POST":
             return True
     return False
 

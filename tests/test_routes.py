@@ -444,3 +444,18 @@ async def test_plain_get_on_a_guarded_path_passes_through() -> None:
         response = await c.get("/v1/chat/completions", headers={"x-http-method-override": "DELETE"})
     assert response.status_code == 200
     assert down.received[0].path == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_method_override_to_put_or_patch_passes_through_like_a_real_one(method: str) -> None:
+    # Regression: X-HTTP-Method-Override: PUT on a GET was guarded as a write while a real PUT passed through.
+    app, down = guarded(RefuseAll())
+    async with client(app) as c:
+        overridden = await c.request(
+            "GET", "/v1/chat/completions", json=chat(), headers={"x-http-method-override": method}
+        )
+        real = await c.request(method, "/v1/chat/completions", json=chat())
+    assert overridden.status_code == real.status_code == 200
+    assert overridden.json()["object"] == "list"  # the downstream's own answers, for a GET and a write
+    assert real.json()["choices"][0]["message"]["content"] == "Hello from the model"
+    assert [received.state for received in down.received] == [None, None]  # no guarded request reached it

@@ -325,7 +325,7 @@ def request_bytes(
 # -- the cases ----------------------------------------------------------------------------------------------------
 
 CHAT = orjson.dumps(chat("what is the capital of France?", user="u-1"))
-HOOKED, REFUSED, LISTED, NO_BYPASS, GUARDED = "hooked", "refused", "listed", "no-bypass", "guarded"
+HOOKED, REFUSED, LISTED, NO_BYPASS, PASSED = "hooked", "refused", "listed", "no-bypass", "passed"
 REFUSED_BY_ANYONE = "refused by the guard or the server"
 
 
@@ -430,16 +430,17 @@ CASES: list[Case] = [
         for header in OVERRIDE_HEADERS
         for value in ("POST", "post")
     ],
+    # SPEC 3 guards POST only: an override to another method passes through exactly as that method does
     *[
-        Case(f"GET + {header}: {value} (app does not serve {value})",
+        Case(f"GET + {header}: {value} (passes through like a plain {value})",
              request_bytes("/v1/chat/completions", CHAT, method="GET",
                            headers=[("Content-Type", "application/json"), (header, value)]),
-             GUARDED, statuses=(405,))
-        for header in OVERRIDE_HEADERS[:1]
+             PASSED, statuses=(405,))
+        for header in OVERRIDE_HEADERS
         for value in ("PUT", "PATCH")
     ],
     *[
-        Case(f"plain {method}", request_bytes("/v1/chat/completions", CHAT, method=method), NO_BYPASS,
+        Case(f"plain {method}", request_bytes("/v1/chat/completions", CHAT, method=method), PASSED,
              statuses=(405,))
         for method in ("PUT", "PATCH", "DELETE")
     ],
@@ -613,11 +614,10 @@ async def test_bypass_matrix(target: Target, case: Case) -> None:
         assert recorder.hooked == []
         assert [(seen.kind, seen.method) for seen in recorder.app] == [("list", "GET")]
         assert recorder.app[0].guard_data is None
-    elif case.expect == GUARDED:
-        # The override names a method the app does not serve here; what matters is that the guard treated the
-        # request as the write it claims to be: its body went through the hook.
+    elif case.expect == PASSED:
+        # Not a guarded method: neither the hook nor an LLM handler saw it (the app answers for the method).
         assert [r.status for r in responses] == list(case.statuses), [(r.status, r.body) for r in responses]
-        assert len(recorder.hooked) == 1
+        assert recorder.hooked == [] and not [seen for seen in recorder.app if seen.kind == "llm"]
     else:
         assert case.expect == NO_BYPASS
         assert all(r.status in case.statuses for r in responses), [(r.status, r.body) for r in responses]
@@ -674,7 +674,7 @@ class Mark:
 
 
 @pytest.mark.parametrize("header", OVERRIDE_HEADERS)
-@pytest.mark.parametrize("value", ["POST", "put", "Patch"])
+@pytest.mark.parametrize("value", ["POST", "post", " Post "])
 async def test_method_override_is_guarded_and_the_app_gets_the_hooked_body(header: str, value: str) -> None:
     hook = Mark()
     body = orjson.dumps(chat())
@@ -698,6 +698,29 @@ async def test_method_override_is_guarded_and_the_app_gets_the_hooked_body(heade
     assert hook.calls == 1
     assert seen == [{**chat(), "hooked": True}]
     assert script.status == 200
+
+
+@pytest.mark.parametrize("header", OVERRIDE_HEADERS)
+@pytest.mark.parametrize("value", ["PUT", "patch"])
+async def test_method_override_to_another_write_passes_through_like_that_method(header: str, value: str) -> None:
+    # Regression: an override to PUT or PATCH was guarded while a real PUT or PATCH passes through (SPEC 3 guards
+    # POST only); both now reach the app untouched.
+    hook = Mark()
+    calls: list[tuple[Any, Any, Any]] = []
+
+    async def app_side(scope: Any, receive: Any, send: Any) -> None:
+        calls.append((scope, receive, send))
+        await send({"type": "http.response.start", "status": 405, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = LLMHookMiddleware(app_side, hooks=[hook])
+    for method, headers in (("GET", [(header.encode(), value.encode())]), (value.upper(), [])):
+        scope = http_scope(method=method, headers=[(b"content-type", b"application/json"), *headers])
+        script = Script(body_messages(orjson.dumps(chat())))
+        await app(scope, script.receive, script.send)
+        assert calls[-1] == (scope, script.receive, script.send) and calls[-1][0] is scope
+        assert script.receive_calls == 0 and script.status == 405
+    assert hook.calls == 0
 
 
 async def test_plain_get_on_a_guarded_path_reaches_the_app_untouched() -> None:
