@@ -97,14 +97,17 @@ async def read_request(scope: Any, receive: Any, send: Any, lifespan: list[str] 
             else:
                 await send({"type": "lifespan.shutdown.complete"})
                 return None
+    return await receive_body(receive) if scope["method"] == "POST" else b""
+
+
+async def receive_body(receive: Any) -> bytes:
+    """The whole request body, however many ``http.request`` messages it came in."""
     body = b""
-    if scope["method"] == "POST":
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-    return body
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
 
 
 class Downstream:

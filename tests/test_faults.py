@@ -19,7 +19,7 @@ from asgi_llm_guard import LLMHookMiddleware
 from asgi_llm_guard.bodies import ClientDisconnected
 from asgi_llm_guard.sse import SSEParser
 
-from .apps import Script, body_messages, chat, chat_chunk, chat_completion, http_scope, sse
+from .apps import Script, body_messages, chat, chat_chunk, chat_completion, http_scope, receive_body, sse
 from .asgi_checks import Failures, assert_legal, assert_no_new_tasks, assert_openai_error, response_body
 
 CHAT_EVENTS = sse([chat_chunk("m", word) for word in ("one", " two", " three", " four")]
@@ -51,13 +51,7 @@ class App:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.state = "reading"
-        received = b""
-        while True:
-            message = await receive()
-            received += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        self.received = received
+        self.received = await receive_body(receive)
         self.state = "running"
         try:
             for step in self.steps:

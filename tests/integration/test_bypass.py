@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from asgi_llm_guard import LLMHookMiddleware
-from tests.apps import Script, body_messages, chat, http_scope
+from tests.apps import Script, body_messages, chat, http_scope, receive_body
 from tests.servers import SERVERS
 
 LIMIT = 64 * 1024
@@ -683,13 +683,7 @@ async def test_method_override_is_guarded_and_the_app_gets_the_hooked_body(heade
     seen: list[dict[str, Any]] = []
 
     async def app_side(scope: Any, receive: Any, send: Any) -> None:
-        received = b""
-        while True:
-            message = await receive()
-            received += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        seen.append(orjson.loads(received))
+        seen.append(orjson.loads(await receive_body(receive)))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b"{}"})
 
