@@ -39,7 +39,7 @@ from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
 from .pipeline import ResponsePipeline
 from .responses import requested_format
-from .routes import RouteMatch, RouteTable
+from .routes import RouteMatch, RouteTable, fold
 
 logger = logging.getLogger("asgi_llm_guard")
 
@@ -167,7 +167,7 @@ class LLMHookMiddleware:
             match = self.routes.match(path[len(root_path) :])
         if match is None:
             match = self.routes.match(path)
-        if match is None or (scope["method"] != "POST" and not _overridden_to_post(scope)):
+        if match is None or (scope["method"] != "POST" and not _treated_as_post(scope)):
             await self.app(scope, receive, send)
             return
         await GuardedCall(self, scope, receive, send, match).run()
@@ -231,12 +231,27 @@ class DisconnectWatch:
 _METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
 
-def _overridden_to_post(scope: Scope) -> bool:
-    """A GET (say) that asks a method-override middleware downstream to treat it as a POST is guarded as one:
-    otherwise ``X-HTTP-Method-Override: POST`` would walk around the guard. An override to any other method
-    passes through, as a request made with that method does (SPEC 3 guards POST only)."""
+def _says_post(method: str) -> bool:
+    """Whether a framework could take ``method`` for POST: servers pass the method as the client wrote it
+    (uvicorn with h11 passes ``post``), and frameworks upper-case it (Django) or compare it as ``re.IGNORECASE``
+    does, where ``poſt`` is POST too; surrounding white space is stripped the way ``str.strip()`` does."""
+    method = method.strip()
+    return method.upper() == "POST" or fold(method) == "post"
+
+
+def _treated_as_post(scope: Scope) -> bool:
+    """A request that is not a plain ``POST`` but that the app may still handle as one is guarded as one: a POST
+    spelt in another case, or a GET (say) that asks a method-override middleware downstream to treat it as a POST
+    (otherwise ``X-HTTP-Method-Override: POST`` would walk around the guard). An override to any other method
+    passes through, as a request made with that method does (SPEC 3 guards POST only). Only requests on a
+    guarded path get here."""
+    if _says_post(scope["method"]):
+        return True
     for name, value in scope["headers"]:
-        if name in _METHOD_OVERRIDES and value.strip().upper() == b"POST":
+        if name in _METHOD_OVERRIDES and (
+            # as the override middleware may decode it: latin-1 (ASGI's own), UTF-8 dropping what it cannot read
+            _says_post(value.decode("latin-1")) or _says_post(value.decode("utf-8", "ignore"))
+        ):
             return True
     return False
 

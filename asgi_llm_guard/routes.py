@@ -3,7 +3,10 @@
 A route path is normalised before matching: lower case, empty and ``.`` segments dropped, ``..`` resolved. It then
 matches a pattern when its *last* segments do, so ``/v1/chat/completions``, ``/chat/completions``,
 ``//V1/Chat/Completions/``, ``/api/v1/chat/completions`` (a ``Mount`` under ``/api``) and
-``/openai/deployments/gpt-4o/chat/completions`` are all chat. Matching on the tail is deliberately stronger than any
+``/openai/deployments/gpt-4o/chat/completions`` are all chat. "Lower case" is the case folding of Python's
+``re.IGNORECASE``, the strongest a router commonly uses, not ``str.lower()``: it also equates ``ſ`` with ``s``,
+``ı`` and ``İ`` with ``i`` and a few Greek and Cyrillic variants, so ``/v1/chat/completion%C5%BF`` is chat too (see
+:func:`fold`). Matching on the tail is deliberately stronger than any
 router we sit in front of: a router that is case-insensitive, ignores trailing slashes or mounts the OpenAI routes
 under a prefix still cannot be reached around the guard. The price is that an unrelated POST route whose path ends
 in, say, ``/embeddings`` is guarded too; ``routes={"/admin/cache/embeddings": None}`` exempts it. Matching is
@@ -61,6 +64,51 @@ DEFAULT_ROUTES: dict[str, str] = {
 
 _MEMO_LIMIT = 4096
 
+#: Characters that ``re.IGNORECASE`` equates with a character ``str.lower()`` does not give them: each maps to the
+#: lower-case letter of its class. Python's ``re`` matches a character case-insensitively when its simple lower
+#: case is the pattern's, or one of a few extra equivalents (``re._casefix``): ``İ`` lowers to ``i`` there (to
+#: ``"i\u0307"`` in ``str.lower()``), and ``ſ`` matches ``s``, ``ı`` matches ``i``, ``µ`` matches ``μ``. A router
+#: that compiles its routes with ``re.IGNORECASE`` dispatches ``/v1/chat/completion\u017f`` to chat, so the guard
+#: must read it as chat too (the test suite checks this table against ``re`` for every code point).
+_FOLD = {
+    "\u00b5": "\u03bc",  # micro sign -> Greek mu
+    "\u0130": "i",  # I with dot above (str.lower() gives "i" + combining dot)
+    "\u0131": "i",  # dotless i
+    "\u017f": "s",  # long s
+    "\u0345": "\u03b9",  # combining ypogegrammeni -> iota
+    "\u03c2": "\u03c3",  # final sigma -> sigma
+    "\u03d0": "\u03b2",  # beta symbol -> beta
+    "\u03d1": "\u03b8",  # theta symbol -> theta
+    "\u03d5": "\u03c6",  # phi symbol -> phi
+    "\u03d6": "\u03c0",  # pi symbol -> pi
+    "\u03f0": "\u03ba",  # kappa symbol -> kappa
+    "\u03f1": "\u03c1",  # rho symbol -> rho
+    "\u03f5": "\u03b5",  # lunate epsilon -> epsilon
+    "\u1c80": "\u0432",  # Cyrillic rounded ve -> ve
+    "\u1c81": "\u0434",  # long-legged de -> de
+    "\u1c82": "\u043e",  # narrow o -> o
+    "\u1c83": "\u0441",  # wide es -> es
+    "\u1c84": "\u0442",  # tall te -> te
+    "\u1c85": "\u0442",  # three-legged te -> te
+    "\u1c86": "\u044a",  # tall hard sign -> hard sign
+    "\u1c87": "\u0463",  # tall yat -> yat
+    "\u1c88": "\ua64b",  # unblended uk -> monograph uk
+    "\u1e9b": "\u1e61",  # long s with dot above -> s with dot above
+    "\u1fbe": "\u03b9",  # Greek prosgegrammeni -> iota
+    "\u1fd3": "\u0390",  # iota with dialytika and oxia -> ... and tonos
+    "\u1fe3": "\u03b0",  # upsilon with dialytika and oxia -> ... and tonos
+    "\ufb06": "\ufb05",  # ligature st -> ligature long s t
+}
+
+
+def fold(text: str) -> str:
+    """``text`` case-folded as ``re.IGNORECASE`` compares characters: ``fold("Completion\u017f") == "completions"``.
+    An ASCII text costs one ``str.lower()``."""
+    if text.isascii():
+        return text.lower()
+    # One character at a time: str.lower() on the whole text would write a final sigma as a different letter.
+    return "".join([_FOLD.get(char) or char.lower() for char in text])
+
 
 @dataclass(frozen=True)
 class RouteMatch:
@@ -82,7 +130,7 @@ class _Node:
 def normalise(path: str) -> list[str]:
     """The segments of a path as a lenient router would see them: ``"//V1/./Chat//completions/"`` gives
     ``["v1", "chat", "completions"]``."""
-    return _resolved([segment for segment in path.lower().split("/") if segment])
+    return _resolved([segment for segment in fold(path).split("/") if segment])
 
 
 def _resolved(segments: list[str]) -> list[str]:
@@ -97,7 +145,7 @@ def _resolved(segments: list[str]) -> list[str]:
 
 
 def _readings(path: str) -> list[list[str]]:
-    """The segments of ``path`` as routers may read it, spelt as in ``path`` (matching lower-cases them; values of
+    """The segments of ``path`` as routers may read it, spelt as in ``path`` (matching folds their case; values of
     ``{name}`` segments keep the client's spelling, SPEC 8): when it has dot segments, literally (``.`` and ``..``
     kept) and then with them resolved; otherwise the one reading."""
     literal = [segment for segment in path.split("/") if segment]
@@ -173,7 +221,7 @@ class RouteTable:
             pass
         found, found_depth = None, -1
         for spelt in _readings(path):
-            match, depth = self._match_segments([segment.lower() for segment in spelt], spelt)
+            match, depth = self._match_segments([fold(segment) for segment in spelt], spelt)
             if depth > found_depth:
                 found, found_depth = match, depth
         if len(self._memo) >= _MEMO_LIMIT:

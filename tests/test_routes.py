@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import string
 from typing import Any
 
 import orjson
@@ -14,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from asgi_llm_guard import LLMHookMiddleware
-from asgi_llm_guard.routes import RouteTable, normalise
+from asgi_llm_guard.routes import RouteTable, fold, normalise
 
 from .apps import Downstream, Script, body_messages, chat, client, guarded, http_scope
 from .servers import serve
@@ -100,6 +102,85 @@ async def test_a_refusal_does_not_take_a_tenant_for_the_model() -> None:
         response = await c.post("/v1/tenants/acme/completions", json={"prompt": "x"})
     assert response.status_code == 200
     assert response.json()["model"] == "unknown"
+
+
+# -- case folding as re.IGNORECASE does it ----------------------------------------------------------------------
+
+
+def test_fold_equates_every_character_that_re_ignorecase_equates_with_an_ascii_letter() -> None:
+    # Regression: the guard lower-cased with str.lower(), while a router compiled with re.IGNORECASE also takes
+    # "\u017f" (long s) for "s" and "\u0131"/"\u0130" for "i": /v1/chat/completion\u017f reached its chat
+    # handler unguarded. Every code point is checked against re itself, so a new Python's tables are caught too.
+    letters = re.compile("|".join(f"({letter})" for letter in string.ascii_lowercase), re.IGNORECASE)
+    everything = "".join(map(chr, range(0x110000)))
+    equated = {(match.group(), string.ascii_lowercase[match.lastindex - 1]) for match in letters.finditer(everything)
+               if match.lastindex is not None}
+    assert len(equated) >= 52 + 4  # both cases of every letter, and at least the four below
+    assert {("\u0130", "i"), ("\u0131", "i"), ("\u017f", "s"), ("\u212a", "k")} <= equated
+    for char, letter in equated:
+        assert fold(char) == letter, (hex(ord(char)), letter)
+
+
+def test_fold_equates_what_re_ignorecase_equates_beyond_ascii() -> None:
+    # Routes given in the routes option may hold any letter: each cased character is folded with its other cases
+    # and with its re.IGNORECASE variants (final sigma, micro sign, the symbol forms of Greek letters...).
+    for code in range(0x110000):
+        char = chr(code)
+        for other in {char.upper(), char.lower(), char.title(), char.casefold(), char.lower()[:1], char.upper()[:1]}:
+            if len(other) == 1 and other != char and re.fullmatch(re.escape(char), other, re.IGNORECASE):
+                assert fold(char) == fold(other), (hex(code), hex(ord(other)))
+    for pair in ("\u03c2\u03c3", "\u00b5\u03bc\u039c", "\u0345\u03b9\u1fbe", "\ufb05\ufb06", "\u1c88\ua64b"):
+        assert len({fold(char) for char in pair}) == 1, pair
+        assert all(re.fullmatch(re.escape(pair[0]), char, re.IGNORECASE) for char in pair)
+
+
+def test_fold_of_ascii_is_lower() -> None:
+    assert fold("/V1/Chat/COMPLETIONS") == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("path", "call_type"),
+    [
+        ("/v1/chat/completion\u017f", "completion"),
+        ("/v1/chat/completion\u017F/", "completion"),
+        ("/v1/\u0131mages/generat\u0130ons", "image_generation"),
+        ("/v1/re\u017fpon\u017fe\u017f", "responses"),
+        ("/v1/embedd\u0131ngs", "embeddings"),
+        ("/openai/deployments/GPT/\u0130mages/generations", "image_generation"),
+        ("/v1/moderat\u0130on\u017f", "moderation"),
+        ("/v1/audio/tran\u017fcription\u017f", "audio_transcription"),
+    ],
+)
+def test_paths_a_re_ignorecase_router_takes_for_a_route_are_guarded(path: str, call_type: str) -> None:
+    pattern = DEFAULT_PATTERN_OF[call_type]
+    assert re.search(pattern, path, re.IGNORECASE), "the router would not dispatch this path: a useless case"
+    match = RouteTable().match(path)
+    assert match is not None and match.call_type == call_type
+
+
+DEFAULT_PATTERN_OF = {
+    "completion": r"/chat/completions/?$",
+    "image_generation": r"/images/generations/?$",
+    "responses": r"/responses/?$",
+    "embeddings": r"/embeddings/?$",
+    "moderation": r"/moderations/?$",
+    "audio_transcription": r"/audio/transcriptions/?$",
+}
+
+
+def test_a_route_with_non_ascii_letters_is_matched_in_any_case() -> None:
+    table = RouteTable({"/v1/\u03c3\u03c5\u03bd\u03bf\u03c8\u03b7/\u00b5": "completion"})
+    for path in ("/v1/\u03a3\u03a5\u039d\u039f\u03a8\u0397/\u039c", "/v1/\u03c3\u03c5\u03bd\u03bf\u03c8\u03b7/\u03bc"):
+        match = table.match(path)
+        assert match is not None and match.call_type == "completion", path
+
+
+async def test_a_long_s_in_the_path_does_not_reach_the_app_unguarded() -> None:
+    app, down = guarded(RefuseAll())
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completion%C5%BF", json=chat())
+    assert response.json()["choices"][0]["message"]["content"] == "refused completion"
+    assert down.received == []
 
 
 def test_paths_differing_in_case_get_their_own_values() -> None:
@@ -459,3 +540,26 @@ async def test_method_override_to_put_or_patch_passes_through_like_a_real_one(me
     assert overridden.json()["object"] == "list"  # the downstream's own answers, for a GET and a write
     assert real.json()["choices"][0]["message"]["content"] == "Hello from the model"
     assert [received.state for received in down.received] == [None, None]  # no guarded request reached it
+
+
+@pytest.mark.parametrize("method", ["post", "Post", "pOST", "po\u017ft", " POST "])
+async def test_a_post_spelt_in_another_case_is_guarded(method: str) -> None:
+    # Regression: uvicorn with h11 passes the method as the client wrote it, and a framework that upper-cases it
+    # (Django) ran its POST view on a "post" the guard had let through.
+    app, down = guarded(RefuseAll())
+    script = Script(body_messages(orjson.dumps(chat())))
+    await app(http_scope(method=method), script.receive, script.send)
+    assert orjson.loads(script.body)["choices"][0]["message"]["content"] == "refused completion"
+    assert down.received == []
+
+
+@pytest.mark.parametrize("value", [b"po\xc5\xbft", b"po\xef\xac\x85", b"\xa0POST", b"POST\x85"])
+async def test_a_method_override_a_framework_may_decode_as_post_is_guarded(value: bytes) -> None:
+    # "po\u017ft" and "po\ufb05" (a long s, a ligature) in UTF-8, which str.upper() makes "POST"; a latin-1 no-break
+    # space or next line, which str.strip() removes.
+    app, down = guarded(RefuseAll())
+    script = Script(body_messages(orjson.dumps(chat())))
+    headers = [(b"content-type", b"application/json"), (b"x-http-method-override", value)]
+    await app(http_scope(method="GET", headers=headers), script.receive, script.send)
+    assert orjson.loads(script.body)["choices"][0]["message"]["content"] == "refused completion"
+    assert down.received == []

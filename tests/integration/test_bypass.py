@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -734,3 +735,86 @@ async def test_plain_get_on_a_guarded_path_reaches_the_app_untouched() -> None:
     assert calls == [(scope, script.receive, script.send)]
     assert calls[0][0] is scope and scope["method"] == "GET" and "llm_guard" not in scope["state"]
     assert script.receive_calls == 0
+
+
+# -- a router matching with re.IGNORECASE, a framework upper-casing the method ------------------------------------
+
+#: The servers a path or a method reaches the app through as the client wrote it: uvicorn with httptools (its
+#: default when installed) and with h11 (the default of a plain ``pip install uvicorn``), and hypercorn.
+RAW_SERVERS: dict[str, Callable[..., Any]] = {
+    "uvicorn-httptools": lambda app: SERVERS["uvicorn"](app, http="httptools"),
+    "uvicorn-h11": lambda app: SERVERS["uvicorn"](app, http="h11"),
+    "hypercorn": lambda app: SERVERS["hypercorn"](app),
+}
+
+
+class IgnoreCaseRouter:
+    """An app as a common recipe writes one: routes compiled with ``re.IGNORECASE`` and the method upper-cased
+    before dispatch (as Django does), so ``post /v1/chat/completion\\u017f`` runs the chat view."""
+
+    ROUTES = [
+        (re.compile(r"(?:/v1)?/chat/completions/?", re.IGNORECASE), "completion"),
+        (re.compile(r"(?:/v1)?/embeddings/?", re.IGNORECASE), "embeddings"),
+        (re.compile(r"(?:/v1)?/images/generations/?", re.IGNORECASE), "image_generation"),
+        (re.compile(r"(?:/v1)?/responses/?", re.IGNORECASE), "responses"),
+    ]
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        request = StarletteRequest(scope, receive)
+        if scope["method"].upper() == "POST":
+            for pattern, _ in self.ROUTES:
+                if pattern.fullmatch(scope["path"]):
+                    response = await record_llm(self.recorder, request)
+                    await response(scope, receive, send)
+                    return
+        await JSONResponse({"detail": "Not Found"}, status_code=404)(scope, receive, send)
+
+
+UNICODE_PATHS = [
+    ("/v1/chat/completion%C5%BF", "completion"),  # long s
+    ("/v1/chat/completion%C5%BF/", "completion"),
+    ("/v1/chat/complet%C4%B1ons", "completion"),  # dotless i
+    ("/v1/chat/complet%C4%B0ons", "completion"),  # I with dot above
+    ("/v1/embedd%C4%B1ngs", "embeddings"),
+    ("/v1/%C4%B1mages/generat%C4%B0ons", "image_generation"),
+    ("/v1/re%C5%BFpon%C5%BFe%C5%BF", "responses"),
+]
+
+
+@pytest.mark.parametrize("server", RAW_SERVERS)
+@pytest.mark.parametrize(("path", "call_type"), UNICODE_PATHS)
+async def test_a_path_a_re_ignorecase_router_dispatches_is_guarded(server: str, path: str, call_type: str) -> None:
+    # Regression: the guard lower-cased the path with str.lower(), which leaves "\u017f" and "\u0131" alone, while
+    # re.IGNORECASE takes them for "s" and "i": the chat view ran unguarded.
+    recorder = Recorder()
+    app = LLMHookMiddleware(IgnoreCaseRouter(recorder), hooks=[recorder])
+    async with RAW_SERVERS[server](app) as base_url:
+        responses = await exchange(int(base_url.rsplit(":", 1)[1]), request_bytes(path, CHAT))
+    check_no_bypass(recorder)
+    assert [r.status for r in responses] == [200], [(r.status, r.body) for r in responses]
+    assert [seen_type for seen_type, _ in recorder.hooked] == [call_type]
+    assert len(recorder.app) == 1
+
+
+@pytest.mark.parametrize("server", RAW_SERVERS)
+@pytest.mark.parametrize("method", ["post", "Post", "pOsT"])
+async def test_a_post_in_another_case_never_reaches_a_view_unguarded(server: str, method: str) -> None:
+    # Regression: uvicorn with h11 passes "post" through as the method; the guard tested == "POST" and a framework
+    # that upper-cases methods ran its POST view unguarded. Servers that refuse the method are fine too.
+    recorder = Recorder()
+    app = LLMHookMiddleware(IgnoreCaseRouter(recorder), hooks=[recorder])
+    async with RAW_SERVERS[server](app) as base_url:
+        responses = await exchange(
+            int(base_url.rsplit(":", 1)[1]), request_bytes("/v1/chat/completions", CHAT, method=method)
+        )
+    check_no_bypass(recorder)
+    assert responses, "no response"
+    if responses[0].status == 200:
+        assert len(recorder.hooked) == 1 and len(recorder.app) == 1
+    else:  # the server itself refused the method
+        assert responses[0].status == 400 and recorder.hooked == [] and recorder.app == []
+    if server == "uvicorn-h11":
+        assert responses[0].status == 200, "h11 passes a lower-case method through: this case must be exercised"
