@@ -21,6 +21,15 @@ Where this differs from LiteLLM's ``DualCache``, and why:
   and ``redis_failure="local"`` explicitly serves from per-process memory until Redis answers again; either
   way one WARNING line is logged per outage and one INFO line when it recovers. Clients built from
   ``redis_url`` use ``redis_timeout`` (1 s) socket timeouts and one immediate retry, so a call never hangs.
+* **A busy pool is waited for, not taken for an outage.** redis-py's asyncio pool (100 connections by
+  default) raises ``MaxConnectionsError`` at once when every connection is in use, so a few hundred
+  concurrent requests would look like a dead Redis. Here at most ``redis_max_connections`` (100) calls of
+  the cache talk to Redis at once; the others queue (first come, first served) for up to
+  ``redis_pool_timeout`` (5 s). A call that waits longer raises :class:`CacheBusy`, a 503 with
+  ``Retry-After: 1`` (Redis is up but cannot keep pace: an overload, which HTTP answers with 503), in both
+  failure modes: serving it from memory while Redis holds the other replicas' counts would split counters
+  between the two (an increment kept locally, its release sent to Redis). During an outage, a wait that
+  times out is part of the outage and follows ``redis_failure``.
 * **Values are returned as stored.** In memory any Python object is kept as is (LiteLLM's in-memory layer
   tries ``json.loads`` on strings); in Redis values are JSON (orjson), so ints, floats, str, bool, None,
   lists and dicts with str keys round-trip. Integer increments stay ``int`` (LiteLLM's come back as float).
@@ -35,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from time import monotonic
 from types import TracebackType
@@ -45,7 +54,7 @@ import orjson
 
 from .errors import GuardError
 
-__all__ = ["CacheUnavailable", "DualCache"]
+__all__ = ["CacheBusy", "CacheUnavailable", "DualCache"]
 
 logger = logging.getLogger("asgi_llm_guard.cache")
 
@@ -89,14 +98,103 @@ class CacheUnavailable(GuardError):
             assert exc.status_code == 503
     """
 
-    def __init__(self, address: str, *, operation: str | None = None) -> None:
+    def __init__(self, address: str, *, operation: str | None = None, message: str | None = None) -> None:
         super().__init__(
             503,
-            f"cache unavailable: Redis at {address} is unreachable",
+            message or f"cache unavailable: Redis at {address} is unreachable",
             headers={"Retry-After": "1"},
         )
         self.address = address
         self.operation = operation
+
+
+class CacheBusy(CacheUnavailable):
+    """Raised by a Redis-backed :class:`DualCache` when no connection to Redis freed up within
+    ``redis_pool_timeout``: Redis answers, but slower than the calls arrive (an overload, not an outage).
+
+    A :class:`CacheUnavailable` (503, ``Retry-After: 1``), so code that handles one handles both::
+
+        try:
+            count = await cache.async_increment_cache(key, 1, ttl=60)
+        except CacheBusy as exc:
+            print(exc.connections, exc.waited)  # all 100 connections stayed busy for 5.0 s
+    """
+
+    def __init__(self, address: str, *, connections: int, waited: float, operation: str | None = None) -> None:
+        super().__init__(
+            address,
+            operation=operation,
+            message=(
+                f"cache busy: all {connections} connections to Redis at {address} stayed in use for {waited:g}s"
+            ),
+        )
+        self.connections = connections
+        self.waited = waited
+
+
+class _PoolTimeout(Exception):
+    """No connection slot freed up in time (turned into :class:`CacheBusy`, or into the outage's outcome)."""
+
+
+class _ConnectionSlots:
+    """At most ``size`` Redis calls at once; the others wait, first come first served, up to ``timeout`` seconds.
+
+    ``async with slots:`` around one Redis call. It matches the client's pool size, so the pool never runs
+    out (redis-py's asyncio pool raises at once when it does). Taking a free slot does not yield to the loop.
+    """
+
+    __slots__ = ("size", "timeout", "_free", "_waiters")
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self._free = size
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+
+    async def __aenter__(self) -> None:
+        if self._free and not self._waiters:
+            self._free -= 1
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(self.timeout, _expire, waiter)
+        try:
+            handed = await waiter
+        except BaseException:
+            # cancelled while waiting; a slot handed over at that very moment goes to the next waiter
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._give()
+            else:
+                self._discard(waiter)
+            raise
+        finally:
+            timer.cancel()
+        if not handed:
+            self._discard(waiter)
+            raise _PoolTimeout
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._give()
+
+    def _give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self._free += 1
+
+    def _discard(self, waiter: asyncio.Future[bool]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class _Entry:
@@ -279,6 +377,11 @@ class DualCache:
       (0 disables that read layer). Counters are always read from Redis.
     * ``namespace``: prefix of every Redis key.
     * ``redis_timeout``: connect and read timeout, in seconds, of a client built from ``redis_url``.
+    * ``redis_max_connections``: connections to Redis at once (default 100; a ``max_connections`` in
+      ``redis_url`` wins); calls beyond it wait for one. For a client passed as ``redis=``, the default is
+      its pool's ``max_connections``.
+    * ``redis_pool_timeout``: seconds a call waits for a free connection before it raises
+      :class:`CacheBusy` (503).
 
     ``ttl`` is in seconds (floats allowed). A ``ttl`` given to an increment applies only when the key has no
     expiry yet (normally: when the counter is created), so a counter's window is fixed, not sliding. Every
@@ -297,6 +400,8 @@ class DualCache:
         local_ttl: float = 1.0,
         namespace: str = "llm_guard:",
         redis_timeout: float = 1.0,
+        redis_max_connections: int | None = None,
+        redis_pool_timeout: float = 5.0,
     ) -> None:
         if not isinstance(max_size, int) or isinstance(max_size, bool):
             raise TypeError(
@@ -324,6 +429,19 @@ class DualCache:
             raise TypeError(f"redis_timeout must be a number of seconds, got {type(redis_timeout).__name__}")
         if not math.isfinite(redis_timeout) or redis_timeout <= 0:
             raise ValueError(f"redis_timeout must be a positive number of seconds, got {redis_timeout!r}")
+        if redis_max_connections is not None:
+            if not isinstance(redis_max_connections, int) or isinstance(redis_max_connections, bool):
+                raise TypeError(
+                    f"redis_max_connections must be an int, got {type(redis_max_connections).__name__}"
+                )
+            if redis_max_connections < 1:
+                raise ValueError(f"redis_max_connections must be at least 1, got {redis_max_connections}")
+        if not _is_number(redis_pool_timeout):
+            raise TypeError(
+                f"redis_pool_timeout must be a number of seconds, got {type(redis_pool_timeout).__name__}"
+            )
+        if not math.isfinite(redis_pool_timeout) or redis_pool_timeout <= 0:
+            raise ValueError(f"redis_pool_timeout must be a positive number of seconds, got {redis_pool_timeout!r}")
         if redis_url is not None and redis is not None:
             raise ValueError(
                 "pass either redis_url= (the cache builds its own client) or redis= (a client), not both"
@@ -340,8 +458,11 @@ class DualCache:
         self._owns_client = False
         self._closed = False
         self._redis_down = False
+        self._pool_busy = False
         self._address = ""
         self._redis_errors: tuple[type[BaseException], ...] = ()
+        self._busy_errors: tuple[type[BaseException], ...] = ()
+        self._slots = _ConnectionSlots(1, 1.0)  # sized below when Redis is configured
         self._increment_script: Any = None
         self._in_flight: dict[str, _InFlight] = {}
 
@@ -354,8 +475,12 @@ class DualCache:
 
         if redis_url is not None:
             try:
-                client = redis_asyncio.Redis.from_url(
+                # A blocking pool: should anything else take the client's connections (redis_client), a call
+                # waits for one instead of failing at once; the slots below keep this cache's own calls within it.
+                pool = redis_asyncio.BlockingConnectionPool.from_url(
                     redis_url,
+                    max_connections=redis_max_connections or 100,
+                    timeout=float(redis_pool_timeout),
                     socket_connect_timeout=float(redis_timeout),
                     socket_timeout=float(redis_timeout),
                     # one immediate retry: it replaces a pooled connection that died with a restarted server
@@ -365,6 +490,7 @@ class DualCache:
                 raise ValueError(
                     f"redis_url is not a valid Redis URL ({exc}): pass e.g. 'redis://localhost:6379/0'"
                 ) from exc
+            client = redis_asyncio.Redis.from_pool(pool)
             self._owns_client = True
         else:
             import redis as redis_sync
@@ -386,12 +512,21 @@ class DualCache:
             client = redis
         self._redis = client
         self._address = _address_of(client)
+        if redis_url is not None or redis_max_connections is not None:
+            size = client.connection_pool.max_connections if redis_url is not None else redis_max_connections
+        else:
+            size = getattr(getattr(client, "connection_pool", None), "max_connections", None)
+        self._slots = _ConnectionSlots(size if isinstance(size, int) and size > 0 else 100, float(redis_pool_timeout))
         self._redis_errors = (
+            _PoolTimeout,
             redis_exceptions.ConnectionError,
             redis_exceptions.TimeoutError,
             OSError,
             asyncio.TimeoutError,
         )
+        # A pool of the caller's client that ran out (redis-py >= 6 says so with its own error): busy, not down.
+        max_connections_error = getattr(redis_exceptions, "MaxConnectionsError", None)
+        self._busy_errors = (_PoolTimeout,) if max_connections_error is None else (_PoolTimeout, max_connections_error)
         self._increment_script = client.register_script(_INCREMENT_LUA)
 
     # -- properties ----------------------------------------------------------------------------------------
@@ -427,7 +562,8 @@ class DualCache:
             return entry.value
         self._check_open()
         try:
-            raw = await self._redis.get(self._namespace + key)
+            async with self._slots:
+                raw = await self._redis.get(self._namespace + key)
         except self._redis_errors as exc:
             self._redis_failed("async_get_cache", exc)
             return self._memory.get(key, monotonic())
@@ -445,10 +581,11 @@ class DualCache:
         self._check_open()
         start = monotonic()
         try:
-            if seconds is None:
-                await self._redis.set(self._namespace + key, payload)
-            else:
-                await self._redis.set(self._namespace + key, payload, px=_ms(seconds))
+            async with self._slots:
+                if seconds is None:
+                    await self._redis.set(self._namespace + key, payload)
+                else:
+                    await self._redis.set(self._namespace + key, payload, px=_ms(seconds))
         except self._redis_errors as exc:
             self._redis_failed("async_set_cache", exc)
             self._memory.put(key, value, self._expiry(seconds, monotonic()))
@@ -473,7 +610,7 @@ class DualCache:
         self._check_open()
         start = monotonic()
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._slots, self._redis.pipeline(transaction=False) as pipe:
                 for (key, _), payload in zip(pairs, payloads, strict=True):
                     pipe.set(self._namespace + key, payload, px=None if seconds is None else _ms(seconds))
                 await pipe.execute()
@@ -513,10 +650,11 @@ class DualCache:
             flight = self._in_flight[key] = _InFlight()
         flight.count += 1
         try:
-            reply = await self._increment_script(
-                keys=[self._namespace + key],
-                args=[delta, "1" if is_int else "0", 0 if seconds is None else _ms(seconds)],
-            )
+            async with self._slots:
+                reply = await self._increment_script(
+                    keys=[self._namespace + key],
+                    args=[delta, "1" if is_int else "0", 0 if seconds is None else _ms(seconds)],
+                )
         except self._redis_errors as exc:
             self._redis_failed("async_increment_cache", exc)
             return self._memory.increment(key, delta, seconds, monotonic())
@@ -542,7 +680,8 @@ class DualCache:
             return
         self._check_open()
         try:
-            await self._redis.delete(self._namespace + key)
+            async with self._slots:
+                await self._redis.delete(self._namespace + key)
         except self._redis_errors as exc:
             self._redis_failed("async_delete_cache", exc)
             return
@@ -566,7 +705,8 @@ class DualCache:
             return results
         self._check_open()
         try:
-            raws = await self._redis.mget([self._namespace + key_list[i] for i in remote])
+            async with self._slots:
+                raws = await self._redis.mget([self._namespace + key_list[i] for i in remote])
         except self._redis_errors as exc:
             self._redis_failed("async_batch_get_cache", exc)
             now = monotonic()
@@ -637,6 +777,23 @@ class DualCache:
             raise RuntimeError("this DualCache was closed with aclose(): build a new one to use Redis again")
 
     def _redis_failed(self, operation: str, exc: BaseException) -> None:
+        if isinstance(exc, self._busy_errors) and not self._redis_down:
+            # Redis answers, slower than the calls come: an overload (503 in both modes, see the module notes).
+            # While an outage is on, the connections are busy timing out: the wait is part of the outage.
+            if not self._pool_busy:
+                self._pool_busy = True
+                logger.warning(
+                    "all %d connections to Redis at %s stayed in use for %gs (%s during %s); calls that wait "
+                    "longer fail with 503: raise redis_max_connections or redis_pool_timeout if this persists",
+                    self._slots.size,
+                    self._address,
+                    self._slots.timeout,
+                    type(exc).__name__,
+                    operation,
+                )
+            raise CacheBusy(
+                self._address, connections=self._slots.size, waited=self._slots.timeout, operation=operation
+            ) from exc
         if not self._redis_down:
             self._redis_down = True
             if self._redis_failure == "closed":
@@ -657,3 +814,6 @@ class DualCache:
         if self._redis_down:
             self._redis_down = False
             logger.info("Redis at %s is reachable again; the cache uses it again", self._address)
+        if self._pool_busy:
+            self._pool_busy = False
+            logger.info("connections to Redis at %s are free again", self._address)

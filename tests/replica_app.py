@@ -6,7 +6,9 @@ Environment: ``REDIS_URL`` (required), ``REDIS_FAILURE`` (``closed`` or ``local`
 ``DOWNSTREAM_DELAY`` (seconds the model takes, default 0.5; a request header ``x-delay`` overrides it).
 
 The downstream answers a chat completion after the delay, or, for ``"stream": true``, streams one chunk every
-50 ms for the delay. ``GET /health`` answers 200 without touching the guard.
+50 ms for the delay. ``GET /health`` answers 200 without touching the guard. A request with the header
+``x-gate: 1`` instead waits (at most 60 s) until ``POST /open-gate`` (not a guarded route), so a test can hold
+any number of requests in flight at once.
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ from asgi_llm_guard import DualCache, LLMHookMiddleware
 from asgi_llm_guard.contrib.limiter import ParallelRequestLimiter
 from tests.apps import read_request
 
+gate = asyncio.Event()
+
 
 async def downstream(scope: Any, receive: Any, send: Any) -> None:
     body = await read_request(scope, receive, send)
     if body is None:
         return
     headers = dict(scope["headers"])
+    if scope["path"] == "/open-gate":
+        gate.set()
+    elif headers.get(b"x-gate") == b"1":
+        await asyncio.wait_for(gate.wait(), 60)
     delay = float(headers.get(b"x-delay", os.environ.get("DOWNSTREAM_DELAY", "0.5")))
     data = orjson.loads(body) if body else {}
     if data.get("stream"):

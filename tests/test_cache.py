@@ -262,6 +262,9 @@ async def test_aclose_without_redis_is_a_noop() -> None:
         ({"local_ttl": "1"}, "local_ttl must be a number"),
         ({"namespace": b"x:"}, "namespace must be a str"),
         ({"redis_timeout": None}, "redis_timeout must be a number"),
+        ({"redis_max_connections": 2.5}, "redis_max_connections must be an int"),
+        ({"redis_max_connections": True}, "redis_max_connections must be an int"),
+        ({"redis_pool_timeout": None}, "redis_pool_timeout must be a number"),
         ({"redis_url": 6379}, "redis_url must be a non-empty str"),
         ({"redis": object()}, "redis= must be a redis.asyncio.Redis client"),
     ],
@@ -280,6 +283,9 @@ def test_constructor_type_errors(kwargs: dict[str, Any], match: str) -> None:
         ({"redis_failure": "open"}, "redis_failure must be 'closed' .* or 'local'"),
         ({"local_ttl": -1}, "local_ttl must be 0"),
         ({"redis_timeout": 0}, "redis_timeout must be a positive number"),
+        ({"redis_max_connections": 0}, "redis_max_connections must be at least 1"),
+        ({"redis_pool_timeout": 0}, "redis_pool_timeout must be a positive number"),
+        ({"redis_pool_timeout": float("inf")}, "redis_pool_timeout must be a positive number"),
         ({"redis_url": "redis://localhost:6379", "redis": object()}, "either redis_url= .* or redis="),
         ({"redis_url": "http://localhost:6379"}, "redis_url is not a valid Redis URL"),
     ],
@@ -339,4 +345,18 @@ def test_missing_redis_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_module_exports() -> None:
-    assert cache_module.__all__ == ["CacheUnavailable", "DualCache"]
+    assert cache_module.__all__ == ["CacheBusy", "CacheUnavailable", "DualCache"]
+
+
+async def test_a_connection_slot_handed_to_a_waiter_cancelled_at_that_moment_goes_to_the_next() -> None:
+    # The race a request cancelled (client gone) just as a Redis connection freed up for it: the slot must pass
+    # on, or the cache loses one connection for good at each such race.
+    slots = cache_module._ConnectionSlots(1, timeout=5.0)
+    await slots.__aenter__()
+    unlucky = asyncio.ensure_future(slots.__aenter__())
+    await asyncio.sleep(0)  # waiting
+    await slots.__aexit__(None, None, None)  # hands the slot to the waiter...
+    unlucky.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await unlucky
+    await asyncio.wait_for(slots.__aenter__(), 1.0)  # free again, at once

@@ -19,7 +19,7 @@ import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 
-from asgi_llm_guard.cache import CacheUnavailable, DualCache
+from asgi_llm_guard.cache import CacheBusy, CacheUnavailable, DualCache
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,15 +271,23 @@ async def main() -> None:
         await cache.async_get_cache("warm-up")  # connected before the start signal
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        results = await asyncio.gather(*(cache.async_increment_cache(key, 1, ttl=60) for _ in range(100)))
-        print(orjson.dumps(results).decode(), flush=True)
+        calls = int(sys.argv[4])
+        results = await asyncio.gather(
+            *(cache.async_increment_cache(key, 1, ttl=60) for _ in range(calls)), return_exceptions=True
+        )
+        errors = sorted({repr(r) for r in results if isinstance(r, BaseException)})
+        values = [r for r in results if isinstance(r, int)]
+        print(orjson.dumps({"values": values, "errors": errors}).decode(), flush=True)
 
 asyncio.run(main())
 """
 
 
 async def test_increments_from_two_processes_sum_exactly(redis_url: str) -> None:
-    ns = _ns()
+    # 2,000 concurrent increments per process, far more than the 100 connections of a process's pool: the calls
+    # beyond it wait for a connection. Regression: redis-py's asyncio pool raised MaxConnectionsError at the
+    # 101st, which the cache took for "Redis unreachable" (503).
+    ns, calls = _ns(), 2_000
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -288,6 +296,7 @@ async def test_increments_from_two_processes_sum_exactly(redis_url: str) -> None
             redis_url,
             ns,
             "shared",
+            str(calls),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -313,12 +322,13 @@ async def test_increments_from_two_processes_sum_exactly(redis_url: str) -> None
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err.decode(errors="replace")
         results = orjson.loads(out.splitlines()[-1])
-        assert len(results) == 100
-        seen.extend(results)
-    # every one of the 200 increments got its own value: atomic across processes
-    assert sorted(seen) == list(range(1, 201))
+        assert results["errors"] == []
+        assert len(results["values"]) == calls
+        seen.extend(results["values"])
+    # every one of the 4,000 increments got its own value: atomic across processes
+    assert sorted(seen) == list(range(1, 2 * calls + 1))
     async with dual_cache(redis_url=redis_url, namespace=ns) as cache:
-        assert await cache.async_get_cache("shared") == 200
+        assert await cache.async_get_cache("shared") == 2 * calls
 
 
 @contextmanager
@@ -492,3 +502,115 @@ async def test_the_middleware_closes_the_caches_connections_on_lifespan_shutdown
     assert down.lifespan == ["lifespan.startup", "lifespan.shutdown"]
     with pytest.raises(RuntimeError):
         await cache.async_get_cache("never-set-so-asked-of-redis")
+
+
+# -- connection pool: waiting for a connection is normal; a wait past redis_pool_timeout is an overload ---------
+
+# Busy-waits on the server for ARGV[1] microseconds: Redis answers nobody meanwhile, as an overloaded one would.
+_STALL_LUA = """
+local start = redis.call('TIME')
+repeat
+  local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) >= tonumber(ARGV[1])
+return 1
+"""
+
+
+@asynccontextmanager
+async def redis_stalled(url: str, seconds: float) -> AsyncIterator[None]:
+    """Redis answers no command for ``seconds`` from entering the block (the calls queue on its sockets)."""
+    async with raw_client(url) as raw:
+        await raw.ping()  # connected, so the script goes out at once
+        stall = asyncio.ensure_future(raw.eval(_STALL_LUA, 0, int(seconds * 1_000_000)))
+        await asyncio.sleep(0.1)  # the script is on the server before the block's commands
+        try:
+            yield
+        finally:
+            await stall
+
+
+@pytest.mark.parametrize("redis_failure", ["closed", "local"])
+async def test_a_pool_busy_past_its_timeout_is_cache_busy_not_an_outage(
+    redis_server: RedisServer, redis_url: str, redis_failure: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    options: dict[str, Any] = {"redis_max_connections": 2, "redis_pool_timeout": 0.3, "redis_timeout": 5.0}
+    async with dual_cache(redis_url=redis_url, namespace=_ns(), redis_failure=redis_failure, **options) as cache:
+        await cache.async_get_cache("warm-up")
+        async with redis_stalled(redis_url, 1.5):
+            # two calls take the two connections and wait for Redis; the other three wait 0.3 s for a connection
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(cache.async_increment_cache("n", 1) for _ in range(5)), return_exceptions=True
+            )
+            took = time.monotonic() - started
+        assert sorted(results[:2]) == [1, 2]  # type: ignore[type-var]
+        for busy in results[2:]:
+            # even with redis_failure="local": Redis holds the counts, so no call is counted in memory instead
+            assert isinstance(busy, CacheBusy)
+            assert busy.status_code == 503 and busy.headers == {"Retry-After": "1"}
+            assert busy.message == (
+                f"cache busy: all 2 connections to Redis at 127.0.0.1:{redis_server.port} stayed in use for 0.3s"
+            )
+        assert 1.0 < took < 4.0
+        warnings = _cache_records(caplog, logging.WARNING)
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]  # one line per busy spell
+        assert "stayed in use" in warnings[0].getMessage() and "unreachable" not in warnings[0].getMessage()
+
+        assert await cache.async_increment_cache("n", 1) == 3
+        infos = _cache_records(caplog, logging.INFO)
+        free_again = f"connections to Redis at 127.0.0.1:{redis_server.port} are free again"
+        assert [r.getMessage() for r in infos] == [free_again]
+
+
+async def test_calls_beyond_the_pool_wait_for_a_connection_in_arrival_order(redis_url: str) -> None:
+    async with dual_cache(redis_url=redis_url, namespace=_ns(), redis_max_connections=1) as cache:
+        await cache.async_get_cache("warm-up")
+        async with redis_stalled(redis_url, 0.5):
+            results = await asyncio.gather(*(cache.async_increment_cache("n", 1) for _ in range(50)))
+        assert results == list(range(1, 51))  # one connection, first come first served
+
+
+async def test_a_call_cancelled_while_waiting_for_a_connection_leaves_no_connection_taken(redis_url: str) -> None:
+    options: dict[str, Any] = {"redis_max_connections": 2, "redis_pool_timeout": 0.3}
+    async with dual_cache(redis_url=redis_url, namespace=_ns(), **options) as cache:
+        await cache.async_get_cache("warm-up")
+        async with redis_stalled(redis_url, 0.6):
+            calls = [asyncio.ensure_future(cache.async_increment_cache("n", 1)) for _ in range(10)]
+            await asyncio.sleep(0.1)
+            for call in calls[2:]:
+                call.cancel()
+            assert sorted(await asyncio.gather(*calls[:2])) == [1, 2]
+            assert all(call.cancelled() for call in calls[2:])
+        # both connections are free: two calls that each hold one while Redis stalls (longer than the pool
+        # timeout) do not wait for each other
+        async with redis_stalled(redis_url, 0.6):
+            assert sorted(await asyncio.gather(*(cache.async_increment_cache("n", 1) for _ in range(2)))) == [3, 4]
+
+
+async def test_a_client_passed_in_bounds_the_calls_by_its_own_pool(redis_url: str) -> None:
+    client = redis_asyncio.Redis.from_url(redis_url, max_connections=2)  # redis-py's pool: raises when it runs out
+    try:
+        async with dual_cache(redis=client, namespace=_ns()) as cache:
+            results = await asyncio.gather(*(cache.async_increment_cache("n", 1) for _ in range(200)))
+            assert sorted(results) == list(range(1, 201))
+    finally:
+        await client.aclose()
+
+
+async def test_a_client_pool_that_runs_out_is_cache_busy_not_an_outage(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # more calls at once than the client's pool has connections (the pool is also used elsewhere, say)
+    client = redis_asyncio.Redis.from_url(redis_url, max_connections=1)
+    try:
+        async with dual_cache(redis=client, namespace=_ns(), redis_max_connections=10) as cache:
+            results = await asyncio.gather(
+                *(cache.async_increment_cache("n", 1) for _ in range(10)), return_exceptions=True
+            )
+            assert any(isinstance(r, int) for r in results)
+            assert any(isinstance(r, BaseException) for r in results)
+            assert all(isinstance(r, (int, CacheBusy)) for r in results), results
+            assert all("unreachable" not in r.getMessage() for r in caplog.records)
+    finally:
+        await client.aclose()

@@ -165,6 +165,32 @@ async def test_five_parallel_requests_across_two_replicas_and_counters_back_to_z
         assert await wait_for_count(raw, namespace, 0) == 0
 
 
+async def test_one_replica_holds_1000_parallel_requests_without_a_503(redis_url: str) -> None:
+    # Regression: redis-py's asyncio pool (100 connections) raised MaxConnectionsError when a burst needed more,
+    # the cache took it for "Redis unreachable", and the burst got 503s. Now the calls beyond the pool wait for
+    # a connection: every request takes its slot, the counter is exact while they run and 0 once they end.
+    namespace, key, burst = _ns(), f"sk-{uuid.uuid4().hex}", 1_000
+    async with replicas(redis_url, namespace, count=1, MAX_PARALLEL=str(burst)) as (one,), raw_redis(redis_url) as raw:
+        limits = httpx.Limits(max_connections=burst + 10, max_keepalive_connections=burst + 10)
+        async with httpx.AsyncClient(timeout=30.0, limits=limits, headers={"Authorization": f"Bearer {key}"}) as http:
+            url = f"{one.url}/v1/chat/completions"
+            tasks = [asyncio.ensure_future(http.post(url, json=chat(), headers={"x-gate": "1"})) for _ in range(burst)]
+            # the gated requests cannot finish before the gate opens: one that did was refused
+            deadline = time.monotonic() + 20
+            held = 0
+            while time.monotonic() < deadline and not any(task.done() for task in tasks):
+                held = await parallel_count(raw, namespace)
+                if held == burst:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await http.post(f"{one.url}/open-gate")).status_code == 200
+            responses = await asyncio.gather(*tasks)
+        statuses = [response.status_code for response in responses]
+        assert {status: statuses.count(status) for status in statuses} == {200: burst}
+        assert held == burst
+        assert await wait_for_count(raw, namespace, 0) == 0
+
+
 async def test_counters_back_to_zero_when_clients_leave_midway(redis_url: str) -> None:
     namespace, key = _ns(), f"sk-{uuid.uuid4().hex}"
     async with replicas(redis_url, namespace, DOWNSTREAM_DELAY="30") as (one, two), raw_redis(redis_url) as raw:
