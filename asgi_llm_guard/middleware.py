@@ -486,7 +486,7 @@ class GuardedCall:
                     except Exception as exc:
                         await pipeline.finish_after_app(exc)
                     else:
-                        if not pipeline.done:
+                        if not pipeline.done or pipeline.trailers_owed:
                             await pipeline.finish_after_app(None)
             except Halt as stop:
                 await self.pipeline.fail(stop.outcome, stop.original)

@@ -19,6 +19,7 @@ start, bodies, one final ``more_body=False``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import zlib
@@ -77,6 +78,7 @@ class ResponsePipeline:
     __slots__ = (
         "call", "client_send", "status", "started", "done", "_passing", "_app_started", "_app_done", "_held",
         "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream", "_feed", "_last_body",
+        "_trailers_sent",
     )
 
     def __init__(self, call: GuardedCall, send: Send) -> None:
@@ -97,8 +99,16 @@ class ResponsePipeline:
         self.stream: StreamRewriter | None = None
         self._feed: Callable[[bytes, bool], Awaitable[None]] | None = None  # the rewriter's, while it takes chunks
         self._last_body: Message | None = None  # the last body message that went out as the app sent it
+        self._trailers_sent = False  # the final http.response.trailers went to the client
 
     # -- to the client -----------------------------------------------------------------------------------
+
+    @property
+    def trailers_owed(self) -> bool:
+        """The start that went to the client announced trailers (``"trailers": True``) and the final trailers
+        message has not followed yet: the server holds the response open until it does."""
+        start = self._sent_start
+        return start is not None and bool(start.get("trailers", False)) and not self._trailers_sent
 
     @property
     def is_sse(self) -> bool:
@@ -197,9 +207,17 @@ class ResponsePipeline:
         return self._send_other(message)
 
     async def _send_other(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.trailers" and self._app_done:
+            # After the final body, as the ASGI trailers extension orders it; held with the rest while moderation
+            # runs, so they keep their place.
+            if self._held is not None:
+                self._held.append(message)
+            else:
+                await self._forward_trailers(message)
+            return
         if self.done or self._app_done:
             raise ResponseClosed("the response has already ended")
-        kind = message["type"]
         if kind == "http.response.start":
             if self._app_started:
                 raise RuntimeError("ASGI: http.response.start sent twice")
@@ -244,9 +262,27 @@ class ResponsePipeline:
         if kind == "http.response.start":
             await self._on_start(message)
             return
-        if self._start is not None:  # e.g. trailers after a held start: the start must go first
+        if kind == "http.response.trailers":
+            await self._forward_trailers(message)
+            return
+        if self._start is not None:  # a message type we do not know, after a held start: the start must go first
             await self.emit_start()
         await self.emit(message)
+
+    async def _forward_trailers(self, message: Message) -> None:
+        """The app's trailers, after the final body, when the start the client got announced them; an answer the
+        middleware wrote in the app's place announced none, so they are dropped with the rest of the app's."""
+        if not self.done or not self.trailers_owed:
+            return
+        if not message.get("more_trailers", False):
+            self._trailers_sent = True
+        await self.client_send(message)
+
+    async def end_trailers(self) -> None:
+        """Send the final (empty) trailers the client's start announced, when the app can no longer send them."""
+        if self.done and self.trailers_owed:
+            self._trailers_sent = True
+            await self.client_send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
 
     async def _on_start(self, message: Message) -> None:
         status = message["status"]
@@ -394,8 +430,13 @@ class ResponsePipeline:
         if self.stream is not None:
             await self.stream.end_with(outcome)
         elif self.is_sse:
+            last = self._last_body.get("body", b"") if self._last_body is not None else b""
+            if _ends_with_done(last):
+                # After [DONE] the stream is over for the client: no error event, no second [DONE], only the end.
+                await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             body = _sse_error(outcome, call.call_type)
-            if self._last_body is not None and not _ends_an_event(self._last_body.get("body", b"")):
+            if self._last_body is not None and not _ends_an_event(last):
                 # The app stopped halfway through an event: end it, so the error is an event of its own.
                 body = b"\n\n" + body
             await self.emit({"type": "http.response.body", "body": body, "more_body": False})
@@ -403,29 +444,40 @@ class ResponsePipeline:
             await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def finish_after_app(self, exc: BaseException | None) -> None:
-        """Leave the client with a complete response after the app returned or raised ``exc``."""
+        """Leave the client with a complete response after the app returned or raised ``exc``: the start before
+        any body, exactly one final body, then the trailers the start announced."""
         if exc is not None and not isinstance(exc, ResponseClosed):
-            if self.stream is not None:
-                await self.stream.close()  # its consumer must not write between our error's start and body
-            if not self.done:
-                log_exception("the downstream app", exc, expose=self.call.guard.expose_hook_errors)
-                outcome = self.call.app_outcome(exc)
-                await self.fail(outcome, exc)
-                return
             expose = self.call.guard.expose_hook_errors
-            log_exception("the downstream app (after its response ended)", exc, expose=expose)
-            return
-        if self.done:
-            return
-        if not self._app_started:
-            error = GuardError(500, "The downstream app returned without sending a response.")
-            await self.fail(error, error)
-            return
-        if self._held is not None:
-            return  # moderation still decides
-        if self._start is not None and self._mode != _STREAM:
-            await self.emit_start()
-        await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
+            stream = self.stream
+            if stream is not None and stream.saw_done and not self.done:
+                # The app raised after its own [DONE]: the stream is whole, and over for the client after it. It
+                # ends as if the app had returned: no error event, no second [DONE] (SPEC 5 is for streams cut off).
+                log_exception("the downstream app (after its [DONE])", exc, expose=expose)
+                await self.call.report_failure(exc)
+            else:
+                if stream is not None:
+                    await stream.close()  # its consumer must not write between our error's start and body
+                if not self.done:
+                    log_exception("the downstream app", exc, expose=expose)
+                    await self.fail(self.call.app_outcome(exc), exc)
+                else:
+                    log_exception("the downstream app (after its response ended)", exc, expose=expose)
+                await self.end_trailers()
+                return
+        if not self.done:
+            if not self._app_started:
+                error = GuardError(500, "The downstream app returned without sending a response.")
+                await self.fail(error, error)
+                return
+            if self._held is not None:
+                return  # moderation still decides
+            # The app returned without its final body: the response ends as that body would have ended it (a
+            # buffered JSON body through its hooks, the events an iterator hook still holds, a held start first).
+            self._app_done = True
+            self._feed = None
+            with contextlib.suppress(ResponseClosed):  # a hook ended it: that ending stands
+                await self._process({"type": "http.response.body", "body": b"", "more_body": False})
+        await self.end_trailers()
 
     async def close(self) -> None:
         if self.stream is not None:
@@ -451,6 +503,14 @@ def _ends_an_event(body: bytes) -> bool:
     else:
         return False
     return rest.endswith((b"\n", b"\r"))
+
+
+def _ends_with_done(body: bytes) -> bool:
+    """Whether an SSE body's last event is ``data: [DONE]`` (whatever its line ends)."""
+    if not body.endswith((b"\n", b"\r")):
+        return False
+    last = body.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].rsplit(b"\r", 1)[-1]
+    return last.startswith(b"data:") and last[5:].strip() == b"[DONE]"
 
 
 def _sse_error(outcome: RejectRequest | GuardError, call_type: str) -> bytes:

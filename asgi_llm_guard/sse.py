@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["DONE", "SSEEvent", "SSEParser", "encode_event", "encode_json"]
+__all__ = ["BOM", "DONE", "SSEEvent", "SSEParser", "encode_event", "encode_json"]
 
 #: The terminating event of OpenAI chat / text-completion streams.
 DONE: bytes = b"data: [DONE]\n\n"
 
-_BOM = b"\xef\xbb\xbf"
+#: The UTF-8 byte order mark a stream may start with (a client strips it there, and only there).
+BOM: bytes = b"\xef\xbb\xbf"
+_BOM = BOM
 _LF = 0x0A
 _CR = 0x0D
 _COLON = 0x3A

@@ -26,13 +26,15 @@ import orjson
 from .errors import GuardError, Halt, RejectRequest, ResponseClosed
 from .hooks import BoundHook
 from .responses import chat_chunk, new_id, responses_closing_events, responses_object, text_completion
-from .sse import DONE, SSEEvent, SSEParser, encode_event, encode_json
+from .sse import BOM, DONE, SSEEvent, SSEParser, encode_event, encode_json
 
 if TYPE_CHECKING:
     from .middleware import GuardedCall
     from .pipeline import ResponsePipeline
 
 _END = None
+#: The call types whose streams end with ``data: [DONE]`` (chat and text completions, SPEC 4).
+_ENDED_BY_DONE = frozenset({"completion", "text_completion"})
 _QUEUE_SIZE = 8
 
 
@@ -101,6 +103,9 @@ class StreamRewriter:
         self._emitting = asyncio.Lock()  # held by the consumer task while it sends
         self._generators: list[Any] = []  # the iterator chain, to close when the stream ends
         self._done_event: bytes | None = None
+        self._source_ended = False  # the iterator chain read the app's stream to its end
+        self.saw_done = False  # the app sent its [DONE]: its stream is whole
+        self.done_sent = False  # the app's [DONE] went out: the stream is over for the client, whatever follows
         #: Per-chunk hooks only, on a stream whose events need no bookkeeping: :meth:`feed` may take its fast path.
         self.quick = not self.iterators and call.call_type != "responses"
         self.idle = False  # `quick`, and nothing pending in the parser
@@ -165,6 +170,8 @@ class StreamRewriter:
             for event in events:
                 if self.pipeline.done:
                     raise ResponseClosed("the stream was ended by a hook")
+                if event.is_done:
+                    self.saw_done = True
                 await self._queue.put(event)
             if not more:
                 await self._queue.put(_END)
@@ -176,6 +183,8 @@ class StreamRewriter:
                 chunk = self._parse(event)
                 if chunk is None:
                     out.append(event.raw)
+                    if event.is_done:
+                        self.saw_done = self.done_sent = True
                 else:
                     out.append(self._encode(await self._apply_per_chunk(chunk), event))
         except Halt as failed:
@@ -294,12 +303,20 @@ class StreamRewriter:
         while True:
             event = await self._queue.get()
             if event is _END:
+                self._source_ended = True
                 return
             chunk = self._parse(event)
             if chunk is not None:
                 yield chunk
             elif event.is_done:
-                self._done_event = event.raw  # [DONE] goes last, after whatever the hooks still yield
+                # [DONE] goes last, after whatever the hooks still yield. Without the BOM a first event may start
+                # with: a client strips a BOM only at the very start of the stream, and there it already went.
+                raw = event.raw
+                if raw.startswith(BOM):
+                    async with self._emitting:
+                        await self._write(BOM)
+                    raw = raw[len(BOM):]
+                self._done_event = raw
             else:
                 async with self._emitting:
                     await self._write(event.raw)
@@ -344,7 +361,10 @@ class StreamRewriter:
                 encoded = self._encode(chunk, None)
                 async with self._emitting:
                     await self._write(encoded)
-            tail = (self._done_event or b"") + self.parser.close()  # the unterminated tail came after [DONE]
+            done = self._done_event
+            if done is None and not self._source_ended and self.call.call_type in _ENDED_BY_DONE:
+                done = DONE  # an iterator hook stopped before the app's [DONE]: the client still gets one
+            tail = (done or b"") + self.parser.close()  # the unterminated tail came after [DONE]
             async with self._emitting:
                 await self.pipeline.emit_start()
                 await self.pipeline.emit({"type": "http.response.body", "body": tail, "more_body": False})
@@ -373,6 +393,10 @@ class StreamRewriter:
 
     async def end_with(self, outcome: RejectRequest | GuardError) -> None:
         """End a stream that has started with a refusal or an error (SPEC 4 and 5)."""
+        if self.done_sent:
+            # After [DONE] the stream is over for the client: no error event, no second [DONE], only the end.
+            await self.pipeline.emit({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         call_type = self.call.call_type
         if isinstance(outcome, RejectRequest) and call_type in ("completion", "text_completion", "responses"):
             body = b"".join(self._refusal_events(outcome.message, call_type))
