@@ -8,9 +8,15 @@ Run it (port 4000, or ``PORT``)::
       "model": "gpt-3.5-turbo", "user": "ishaan-app",
       "messages": [{"role": "user", "content": "Hello world"}]}'
 
-The built-in model of ``examples/model.py`` answers; set ``OPENAI_BASE_URL`` (and ``OPENAI_API_KEY``)
-to forward to a real OpenAI-compatible service instead (read per request). The routes take the raw JSON
-body rather than pydantic models, so whatever the hooks forward is accepted as it is.
+    curl http://127.0.0.1:4000/v1/messages -H 'content-type: application/json' -d '{
+      "model": "claude-sonnet-4-5", "max_tokens": 256, "metadata": {"user_id": "ishaan-app"},
+      "messages": [{"role": "user", "content": "Hello world"}]}'
+
+The built-in model of ``examples/model.py`` answers OpenAI's chat, completions, embeddings and Responses API
+and Anthropic's Messages API; set ``OPENAI_BASE_URL`` (and ``OPENAI_API_KEY``) to forward the OpenAI routes
+to a real OpenAI-compatible service instead, ``ANTHROPIC_BASE_URL`` (and ``ANTHROPIC_API_KEY``) to forward
+``/v1/messages`` to an Anthropic-compatible one (read per request). The routes take the raw JSON body rather
+than pydantic models, so whatever the hooks forward is accepted as it is.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ app.add_middleware(LLMHookMiddleware, hooks=[proxy_handler_instance], enforce_us
 
 def to_response(reply: model.Reply) -> Response:
     if isinstance(reply.content, bytes):
-        return Response(reply.content, status_code=reply.status_code, media_type=reply.media_type)
-    return StreamingResponse(reply.content, status_code=reply.status_code, media_type=reply.media_type)
+        return Response(reply.content, reply.status_code, reply.headers, reply.media_type)
+    return StreamingResponse(reply.content, reply.status_code, reply.headers, reply.media_type)
 
 
 @app.post("/v1/chat/completions")
@@ -59,6 +65,17 @@ async def completions(request: Request) -> Response:
 @app.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     return to_response(await model.answer("embeddings", await request.json()))
+
+
+@app.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    return to_response(await model.answer("responses", await request.json()))
+
+
+@app.post("/v1/messages")
+async def messages(request: Request) -> Response:
+    # Anthropic's Messages API; a forwarded call passes on the client's anthropic-version and anthropic-beta.
+    return to_response(await model.answer("messages", await request.json(), request.headers))
 
 
 @app.get("/v1/models")

@@ -6,7 +6,8 @@ Only the imports differ from a LiteLLM ``custom_callbacks.py``: ``CallHook`` sta
 
 - the model is rewritten: the public alias ``gpt-3.5-turbo`` becomes the service's own model;
 - a prompt containing "forbidden" is blocked with FastAPI's ``HTTPException`` (400, an OpenAI error);
-- a prompt containing "Hello world" is refused with a message, which the client gets as a normal completion;
+- a prompt containing "Hello world" is refused with a message, which the client gets as a normal completion
+  (a normal Anthropic message on ``/v1/messages``);
 - a first message of exactly "hello world" is blocked by a moderation hook running alongside the model.
 
 ``enforce_user_param=True`` is an option of the middleware, not a hook (see ``fastapi_app.py``). Give the
@@ -38,6 +39,7 @@ CallType = Literal[
     "text_completion",
     "embeddings",
     "image_generation",
+    "anthropic_messages",
     "moderation",
     "audio_transcription",
     "responses",
@@ -68,7 +70,7 @@ class MyCustomHandler(CustomLogger):
         self,
         data: dict,
     ) -> None:
-        messages = data.get("messages")  # only chat requests have messages
+        messages = data.get("messages")  # chat and Anthropic Messages requests have messages
         first = messages[0] if isinstance(messages, list) and messages else {}
         if isinstance(first, dict) and first.get("content") == "hello world":
             raise HTTPException(status_code=400, detail={"error": "Violated content safety policy"})

@@ -1,6 +1,6 @@
 """The same OpenAI-compatible service with Litestar, guarded by LLMHookMiddleware as a plain ASGI wrapper.
 
-Run it (port 4000, or ``PORT``)::
+Run it (port 4001, or ``PORT``; the FastAPI example takes 4000, so both can run side by side)::
 
     python examples/litestar_app.py
 
@@ -52,8 +52,9 @@ proxy_handler_instance = LitestarHandler()
 
 def to_response(reply: model.Reply) -> Response[Any]:
     if isinstance(reply.content, bytes):
-        return Response(reply.content, status_code=reply.status_code, media_type=reply.media_type)
-    return Stream(reply.content, status_code=reply.status_code, media_type=reply.media_type)
+        return Response(reply.content, status_code=reply.status_code, media_type=reply.media_type,
+                        headers=reply.headers)
+    return Stream(reply.content, status_code=reply.status_code, media_type=reply.media_type, headers=reply.headers)
 
 
 @post("/v1/chat/completions")
@@ -74,15 +75,26 @@ async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
     return to_response(await model.answer("embeddings", await request.json()))
 
 
+@post("/v1/responses")
+async def responses(request: Request[Any, Any, Any]) -> Response[Any]:
+    return to_response(await model.answer("responses", await request.json()))
+
+
+@post("/v1/messages")
+async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
+    # Anthropic's Messages API; a forwarded call passes on the client's anthropic-version and anthropic-beta.
+    return to_response(await model.answer("messages", await request.json(), request.headers))
+
+
 @get("/v1/models")
 async def models() -> Response[Any]:
     return to_response(await model.answer("models"))
 
 
-litestar_app = Litestar(route_handlers=[chat_completions, completions, embeddings, models])
+litestar_app = Litestar(route_handlers=[chat_completions, completions, embeddings, responses, messages, models])
 app = LLMHookMiddleware(litestar_app, hooks=[proxy_handler_instance], enforce_user_param=True)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "4000")))
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "4001")))

@@ -2,11 +2,13 @@
 
 By default a built-in model answers, with no key and no network: it echoes the last user message back
 ("You said: …"), streams word by word, and embeds text as small unit vectors derived from a hash, so the
-same request always gets the same answer. Token counts are word counts: close enough for an example.
+same request always gets the same answer. Token counts are word counts: close enough for an example. It speaks
+OpenAI's chat, text completions, embeddings and Responses API, and Anthropic's Messages API, streamed or not.
 
 With ``OPENAI_BASE_URL`` set (e.g. ``https://api.openai.com/v1``; ``OPENAI_API_KEY`` is sent as the bearer
-key), every call is forwarded to that OpenAI-compatible upstream with httpx instead: streamed answers are
-relayed as their bytes arrive, and upstream errors reach the client with their own status and body.
+key), the OpenAI calls are forwarded to that OpenAI-compatible upstream with httpx instead; with
+``ANTHROPIC_BASE_URL`` set (e.g. ``https://api.anthropic.com``; ``ANTHROPIC_API_KEY`` is sent as ``x-api-key``,
+with ``anthropic-version``), the Messages calls are forwarded there (see :mod:`examples.upstream`).
 
 The environment is read on every call, not at import, so a test (or an operator) can switch modes without
 re-importing anything. Each call is one function the web frameworks share::
@@ -21,80 +23,34 @@ import base64
 import hashlib
 import json
 import math
-import os
 import re
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
+from examples.replies import Reply, error, json_reply, named_sse, openai_sse
+from examples.upstream import configured, forward
+
+__all__ = ["BUILTIN", "BUILTIN_MODELS", "Reply", "answer"]
 
 BUILTIN_MODELS = ("echo-1",)
 DEFAULT_DIMENSIONS = 8
 
 
-@dataclass
-class Reply:
-    """What the model answers: a status, and a whole body or a stream of SSE bytes."""
+async def answer(endpoint: str, data: dict[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> Reply:
+    """Answer ``endpoint``: ``"chat/completions"``, ``"completions"``, ``"embeddings"``, ``"responses"``,
+    ``"messages"`` (Anthropic's) or ``"models"``.
 
-    status_code: int
-    content: bytes | AsyncIterator[bytes]
-    media_type: str = "application/json"
-
-
-async def answer(endpoint: str, data: dict[str, Any] | None = None) -> Reply:
-    """Answer ``endpoint`` (``"chat/completions"``, ``"completions"``, ``"embeddings"`` or ``"models"``).
-
-    ``data`` is the request's JSON body; ``None`` for ``GET /models``.
+    ``data`` is the request's JSON body, ``None`` for ``GET /models``; ``headers`` the request's headers, of which
+    a forwarded Messages call passes on ``anthropic-version`` and ``anthropic-beta``.
     """
-    base_url = os.environ.get("OPENAI_BASE_URL")
-    if base_url:
-        return await forward(base_url, endpoint, data)
+    upstream = configured(endpoint, headers)
+    if upstream is not None:
+        return await forward(upstream, endpoint, data)
     return BUILTIN[endpoint](data or {})
-
-
-# -- the upstream --------------------------------------------------------------------------------------------
-
-
-async def forward(base_url: str, endpoint: str, data: dict[str, Any] | None) -> Reply:
-    """Send the call to an OpenAI-compatible upstream; its answer comes back as it is, streamed or not.
-
-    One client per call keeps the example short; a real service would keep one ``httpx.AsyncClient`` for the
-    app's lifetime (connection pooling).
-    """
-    headers = {}
-    if api_key := os.environ.get("OPENAI_API_KEY"):
-        headers["Authorization"] = f"Bearer {api_key}"
-    client = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers=headers,
-                               timeout=httpx.Timeout(600.0, connect=10.0))
-    method = "GET" if data is None else "POST"
-    try:
-        response = await client.send(client.build_request(method, endpoint, json=data), stream=True)
-    except httpx.HTTPError as exc:
-        await client.aclose()
-        return error(502, f"The upstream model at {base_url} could not be reached ({type(exc).__name__}).")
-    media_type = response.headers.get("content-type", "application/json")
-    if response.is_success and media_type.startswith("text/event-stream"):
-        return Reply(response.status_code, relay(client, response), media_type)
-    try:
-        body = await response.aread()
-    finally:
-        await response.aclose()
-        await client.aclose()
-    return Reply(response.status_code, body, media_type)
-
-
-async def relay(client: httpx.AsyncClient, response: httpx.Response) -> AsyncIterator[bytes]:
-    """The upstream's SSE bytes as they arrive (decoded from any Content-Encoding), then close the client."""
-    try:
-        async for chunk in response.aiter_bytes():
-            yield chunk
-    finally:
-        await response.aclose()
-        await client.aclose()
 
 
 # -- the built-in model --------------------------------------------------------------------------------------
@@ -129,7 +85,7 @@ def chat_completions(data: dict[str, Any]) -> Reply:
     chunks = [chunk({"role": "assistant", "content": ""}, None)]
     chunks += [chunk({"content": word}, None) for word in words_of(reply)]
     chunks.append(chunk({}, "stop"))
-    return sse_reply(chunks, usage if include_usage(data) else None)
+    return openai_sse(with_usage(chunks, usage if include_usage(data) else None))
 
 
 def completions(data: dict[str, Any]) -> Reply:
@@ -153,7 +109,7 @@ def completions(data: dict[str, Any]) -> Reply:
         return json_reply({**completion(choices), "usage": usage})
     chunks = [completion([choice(i, word, None)]) for i, r in enumerate(replies) for word in words_of(r)]
     chunks += [completion([choice(i, "", "stop")]) for i in range(len(replies))]
-    return sse_reply(chunks, usage if include_usage(data) else None)
+    return openai_sse(with_usage(chunks, usage if include_usage(data) else None))
 
 
 def embeddings(data: dict[str, Any]) -> Reply:
@@ -186,10 +142,99 @@ def models(data: dict[str, Any]) -> Reply:
     ]})
 
 
+def responses(data: dict[str, Any]) -> Reply:
+    """The Responses API: ``input`` (a string or a list of items) answered by one assistant message."""
+    items = data.get("input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        return error(400, "'input' must be a string or a non-empty list of items.", param="input")
+    messages = [i for i in items if isinstance(i, dict) and i.get("type", "message") == "message"]
+    users = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    instructions = data.get("instructions")
+    prompts = [text_of(m.get("content")) for m in messages]
+    prompts += [instructions] if isinstance(instructions, str) else []
+    reply = reply_to(users[-1] if users else "")
+    counted = count_usage(prompts, reply)
+    usage = {"input_tokens": counted["prompt_tokens"], "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": counted["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": counted["total_tokens"]}
+    model = str(data.get("model", BUILTIN_MODELS[0]))
+    response: dict[str, Any] = {
+        "id": "resp_" + new_id(), "object": "response", "created_at": now(), "status": "completed",
+        "error": None, "incomplete_details": None,
+        "instructions": instructions if isinstance(instructions, str) else None,
+        "max_output_tokens": data.get("max_output_tokens"), "model": model, "output": [],
+        "parallel_tool_calls": True, "previous_response_id": None, "store": False,
+        "temperature": data.get("temperature"), "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+        "tools": [], "top_p": data.get("top_p"), "truncation": "disabled", "usage": usage,
+        "user": data.get("user"), "metadata": data.get("metadata") or {},
+    }
+    part = {"type": "output_text", "text": reply, "annotations": [], "logprobs": []}
+    message = {"id": "msg_" + new_id(), "type": "message", "status": "completed", "role": "assistant",
+               "content": [part]}
+    if data.get("stream") is not True:
+        return json_reply({**response, "output": [message]})
+
+    where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {**response, "status": "in_progress", "usage": None}},
+        {"type": "response.in_progress", "response": {**response, "status": "in_progress", "usage": None}},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**message, "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
+        *({"type": "response.output_text.delta", **where, "delta": word, "logprobs": []}
+          for word in words_of(reply)),
+        {"type": "response.output_text.done", **where, "text": reply, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": message},
+        {"type": "response.completed", "response": {**response, "output": [message]}},
+    ]
+    return named_sse({**event, "sequence_number": n} for n, event in enumerate(events))
+
+
+def messages(data: dict[str, Any]) -> Reply:
+    """Anthropic's Messages API: the last user message answered by one text block, streamed as Anthropic's
+    named events (``message_start``, ``content_block_start``, ``content_block_delta``, ...)."""
+    turns = data.get("messages")
+    if not isinstance(turns, list) or not turns:
+        return error(400, "messages: must be a non-empty list", api="anthropic")
+    system = data.get("system")
+    prompts = [text_of(m.get("content")) for m in turns if isinstance(m, dict)]
+    prompts += [text_of(system)] if system else []
+    users = [text_of(m.get("content")) for m in turns if isinstance(m, dict) and m.get("role") == "user"]
+    reply = reply_to(users[-1] if users else "")
+    counted = count_usage(prompts, reply)
+    message: dict[str, Any] = {
+        "id": "msg_" + new_id(), "type": "message", "role": "assistant",
+        "model": str(data.get("model", BUILTIN_MODELS[0])), "content": [{"type": "text", "text": reply}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": counted["prompt_tokens"], "output_tokens": counted["completion_tokens"]},
+    }
+    if data.get("stream") is not True:
+        return json_reply(message)
+
+    start = {**message, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": counted["prompt_tokens"], "output_tokens": 1}}
+    return named_sse([
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},  # Anthropic's servers send these too; clients must skip them
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}
+          for word in words_of(reply)),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": counted["completion_tokens"]}},
+        {"type": "message_stop"},
+    ])
+
+
 BUILTIN: dict[str, Callable[[dict[str, Any]], Reply]] = {
     "chat/completions": chat_completions,
     "completions": completions,
     "embeddings": embeddings,
+    "responses": responses,
+    "messages": messages,
     "models": models,
 }
 
@@ -244,26 +289,9 @@ def now() -> int:
     return int(time.time())
 
 
-def json_reply(body: dict[str, Any], status_code: int = 200) -> Reply:
-    return Reply(status_code, json.dumps(body, separators=(",", ":")).encode())
-
-
-def error(status_code: int, message: str, param: str | None = None) -> Reply:
-    """An OpenAI error envelope."""
-    kind = "invalid_request_error" if status_code < 500 else "api_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return json_reply(body, status_code)
-
-
-def sse_reply(chunks: list[dict[str, Any]], usage: dict[str, int] | None) -> Reply:
-    """The chunks as OpenAI SSE: ``usage: null`` on each and a closing usage chunk when the client asked for
-    ``stream_options.include_usage``, then ``data: [DONE]``."""
-    if usage is not None:
-        chunks = [{**c, "usage": None} for c in chunks] + [{**chunks[-1], "choices": [], "usage": usage}]
-
-    async def events() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
-
-    return Reply(200, events(), "text/event-stream")
+def with_usage(chunks: list[dict[str, Any]], usage: dict[str, int] | None) -> list[dict[str, Any]]:
+    """The chunks as OpenAI streams them when the client asked for ``stream_options.include_usage``: ``usage:
+    null`` on each, then a closing chunk with no choices and the usage."""
+    if usage is None:
+        return chunks
+    return [{**c, "usage": None} for c in chunks] + [{**chunks[-1], "choices": [], "usage": usage}]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
+import logging
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,8 +46,8 @@ USER_PARAM_ERROR = {
 @pytest.fixture(autouse=True)
 def builtin_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The examples must answer with the built-in model, whatever the developer's shell exports."""
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(params=sorted(APPS))
@@ -62,6 +64,25 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 def chat(content: str, **extra: Any) -> dict[str, Any]:
     messages = [{"role": "user", "content": content}]
     return {"model": "gpt-3.5-turbo", "user": "ishaan-app", "messages": messages, **extra}
+
+
+def anthropic(content: str, **extra: Any) -> dict[str, Any]:
+    """An Anthropic Messages request; the end user is ``metadata.user_id`` there."""
+    messages = [{"role": "user", "content": content}]
+    return {"model": "claude-test", "max_tokens": 64, "metadata": {"user_id": "ishaan-app"},
+            "messages": messages, **extra}
+
+
+def named_events(text: str) -> list[tuple[str, Any]]:
+    """The events of a stream of named events (Responses API, Anthropic): (``event:`` name, decoded ``data:``)."""
+    events = []
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        names = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+        data = "\n".join(line[len("data: "):] for line in lines if line.startswith("data: "))
+        if names or data:
+            events.append((names[0] if names else "", json.loads(data)))
+    return events
 
 
 def sse_events(text: str) -> list[Any]:
@@ -245,6 +266,106 @@ async def test_embeddings_of_hello_world_are_a_400_refusal(client: httpx.AsyncCl
     assert response.json()["error"]["message"] == "This is an invalid response"
 
 
+async def test_responses_api_answers_with_one_output_message(client: httpx.AsyncClient) -> None:
+    request = {"model": "echo-1", "user": "u", "instructions": "be brief", "input": "hi there"}
+    response = await client.post("/v1/responses", json=request)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "response" and body["status"] == "completed" and body["model"] == "echo-1"
+    assert body["id"].startswith("resp_")
+    [message] = body["output"]
+    assert (message["type"], message["role"], message["status"]) == ("message", "assistant", "completed")
+    assert message["content"] == [
+        {"type": "output_text", "text": "You said: hi there", "annotations": [], "logprobs": []}
+    ]
+    assert body["usage"]["input_tokens"] == 4 and body["usage"]["output_tokens"] == 4
+
+
+async def test_responses_api_reads_the_last_user_message_of_an_item_list(client: httpx.AsyncClient) -> None:
+    items = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "You said: first"},
+             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "second"}]}]
+    response = await client.post("/v1/responses", json={"model": "echo-1", "user": "u", "input": items})
+
+    assert response.json()["output"][0]["content"][0]["text"] == "You said: second"
+
+
+async def test_streamed_responses_api_is_its_named_events_in_order(client: httpx.AsyncClient) -> None:
+    request = {"model": "echo-1", "user": "u", "input": "hi there", "stream": True}
+    response = await client.post("/v1/responses", json=request)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = named_events(response.text)
+    assert all(name == data["type"] for name, data in events)
+    assert [name for name, _ in events] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        *["response.output_text.delta"] * 4,
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed",
+    ]
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    assert "".join(data["delta"] for name, data in events if name == "response.output_text.delta") == (
+        "You said: hi there"
+    )
+    completed = events[-1][1]["response"]
+    assert completed["status"] == "completed"
+    assert completed["output"][0]["content"][0]["text"] == "You said: hi there"
+
+
+async def test_responses_api_refusal_is_a_normal_response(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/responses", json={"model": "echo-1", "user": "u", "input": "Hello world"})
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    assert response.json()["output"][0]["content"][0]["text"] == "This is an invalid response"
+
+
+async def test_messages_answers_as_an_anthropic_message(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messages", json=anthropic("good morning", system="be brief"))
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"].startswith("msg_")
+    assert {k: v for k, v in body.items() if k != "id"} == {
+        "type": "message", "role": "assistant", "model": "claude-test",
+        "content": [{"type": "text", "text": "You said: good morning"}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 4, "output_tokens": 4},
+    }
+
+
+async def test_streamed_messages_are_anthropic_named_events(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messages", json=anthropic("hi there", stream=True))
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert "[DONE]" not in response.text  # Anthropic streams have none
+    events = named_events(response.text)
+    assert all(name == data["type"] for name, data in events)
+    assert [name for name, _ in events] == [
+        "message_start", "content_block_start", "ping", *["content_block_delta"] * 4,
+        "content_block_stop", "message_delta", "message_stop",
+    ]
+    start = events[0][1]["message"]
+    assert (start["content"], start["stop_reason"], start["model"]) == ([], None, "claude-test")
+    assert events[1][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    deltas = [data["delta"] for name, data in events if name == "content_block_delta"]
+    assert {d["type"] for d in deltas} == {"text_delta"}
+    assert "".join(d["text"] for d in deltas) == "You said: hi there"
+    assert events[-2][1] == {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                             "usage": {"output_tokens": 4}}
+
+
+async def test_messages_without_messages_is_an_anthropic_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messages", json={"model": "claude-test", "max_tokens": 8,
+                                                       "metadata": {"user_id": "u"}, "messages": []})
+
+    assert response.status_code == 400
+    assert response.json() == {"type": "error", "error": {"type": "invalid_request_error",
+                                                          "message": "messages: must be a non-empty list"}}
+
+
 async def test_models_list_passes_through_unguarded(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/models")  # no body, no user: GET is never guarded
 
@@ -262,12 +383,17 @@ async def test_builtin_model_rejects_a_body_without_messages(client: httpx.Async
 # -- upstream forwarding (OPENAI_BASE_URL) -------------------------------------------------------------------
 
 
+RATE_LIMIT_HEADERS = {"retry-after": "20", "x-ratelimit-limit-requests": "60",
+                      "x-ratelimit-remaining-requests": "0", "x-request-id": "req_123"}
+
+
 @dataclass
 class Upstream:
     """A fake OpenAI-compatible upstream and what it received."""
 
     requests: list[dict[str, Any]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
+    anthropic_headers: list[dict[str, str | None]] = field(default_factory=list)
     go_on: asyncio.Event = field(default_factory=asyncio.Event)  # releases the rest of a streamed answer
     stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -280,6 +406,14 @@ class Upstream:
                 error = {"message": "The model `missing` does not exist", "type": "invalid_request_error",
                          "param": "model", "code": "model_not_found"}
                 return JSONResponse({"error": error}, status_code=404)
+            if body["model"] == "limited":
+                error = {"message": "Rate limit reached", "type": "requests", "param": None,
+                         "code": "rate_limit_exceeded"}
+                return JSONResponse({"error": error}, status_code=429, headers=RATE_LIMIT_HEADERS)
+            if body["model"] == "gzipped":
+                answer = json.dumps({"id": "chatcmpl-gz", "object": "chat.completion", "choices": []}).encode()
+                return Response(gzip.compress(answer), media_type="application/json",
+                                headers={"content-encoding": "gzip", **RATE_LIMIT_HEADERS})
             if body.get("stream"):
                 return StreamingResponse(self.events(body["model"]), media_type="text/event-stream")
             return JSONResponse({
@@ -294,8 +428,53 @@ class Upstream:
             return JSONResponse({"object": "list", "data": [{"id": "upstream-model", "object": "model",
                                                              "created": 0, "owned_by": "test"}]})
 
+        async def responses(request: Request) -> Response:
+            body = await request.json()
+            self.requests.append(body)
+            return JSONResponse({"id": "resp_upstream", "object": "response", "status": "completed",
+                                 "model": body["model"], "output": []}, headers={"request-id": "req_resp"})
+
+        async def messages(request: Request) -> Response:
+            body = await request.json()
+            self.requests.append(body)
+            self.anthropic_headers.append({name: request.headers.get(name) for name in
+                                           ("x-api-key", "anthropic-version", "anthropic-beta", "authorization")})
+            if body["model"] == "overloaded":
+                error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+                return JSONResponse(error, status_code=529, headers={"retry-after": "3", "request-id": "req_529"})
+            if body.get("stream"):
+                return StreamingResponse(self.anthropic_events(body["model"]), media_type="text/event-stream",
+                                         headers={"request-id": "req_stream"})
+            return JSONResponse({
+                "id": "msg_upstream", "type": "message", "role": "assistant", "model": body["model"],
+                "content": [{"type": "text", "text": "from upstream"}], "stop_reason": "end_turn",
+                "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 2},
+            }, headers={"request-id": "req_msg", "anthropic-ratelimit-requests-remaining": "99"})
+
         return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                                 Route("/v1/responses", responses, methods=["POST"]),
+                                 Route("/v1/messages", messages, methods=["POST"]),
                                  Route("/v1/models", models)])
+
+    async def anthropic_events(self, model: str) -> AsyncIterator[bytes]:
+        def event(data: dict[str, Any]) -> bytes:
+            return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
+
+        message = {"id": "msg_up", "type": "message", "role": "assistant", "model": model, "content": [],
+                   "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 1}}
+        try:
+            yield event({"type": "message_start", "message": message})
+            yield event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            yield event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "first"}})
+            await self.go_on.wait()
+            yield event({"type": "content_block_delta", "index": 0,
+                         "delta": {"type": "text_delta", "text": " second"}})
+            yield event({"type": "content_block_stop", "index": 0})
+            yield event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                         "usage": {"output_tokens": 2}})
+            yield event({"type": "message_stop"})
+        finally:
+            self.stream_closed.set()
 
     async def events(self, model: str) -> AsyncIterator[bytes]:
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -319,6 +498,8 @@ async def upstream(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Upstream]:
     async with serve(fake.app()) as base_url:
         monkeypatch.setenv("OPENAI_BASE_URL", f"{base_url}/v1")
         monkeypatch.setenv("OPENAI_API_KEY", "sk-upstream")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", base_url)  # no /v1: the anthropic SDK's convention
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-upstream")
         yield fake
 
 
@@ -359,17 +540,100 @@ async def test_models_list_comes_from_the_upstream(client: httpx.AsyncClient, up
     assert upstream.authorizations == ["Bearer sk-upstream"]
 
 
-async def test_unreachable_upstream_is_a_502(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+async def test_upstream_status_and_headers_reach_the_client(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("hi", model="limited"))
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    for name, value in RATE_LIMIT_HEADERS.items():
+        assert response.headers[name] == value
+
+
+async def test_upstream_body_encoding_is_not_passed_on_with_the_decoded_body(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    # httpx decodes the upstream's gzip; passing its content-encoding (or content-length) on would make the
+    # client decode plain JSON as gzip.
+    response = await client.post("/v1/chat/completions", json=chat("hi", model="gzipped"))
+
+    assert response.status_code == 200
+    assert "content-encoding" not in response.headers
+    assert response.json()["id"] == "chatcmpl-gz"
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_responses_api_is_forwarded(client: httpx.AsyncClient, upstream: Upstream) -> None:
+    response = await client.post("/v1/responses", json={"model": "gpt-3.5-turbo", "user": "u", "input": "hi"})
+
+    assert response.status_code == 200
+    assert response.json()["id"] == "resp_upstream"
+    assert response.headers["request-id"] == "req_resp"
+    assert upstream.requests == [{"model": "gpt-4o-mini", "user": "u", "input": "hi"}]
+
+
+async def test_messages_are_forwarded_with_the_anthropic_key_and_version(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    response = await client.post("/v1/messages", json=anthropic("good morning"))
+
+    assert response.status_code == 200
+    assert response.json()["content"] == [{"type": "text", "text": "from upstream"}]
+    assert response.headers["request-id"] == "req_msg"
+    assert response.headers["anthropic-ratelimit-requests-remaining"] == "99"
+    assert upstream.requests == [anthropic("good morning")]
+    assert upstream.anthropic_headers == [{"x-api-key": "sk-ant-upstream", "anthropic-version": "2023-06-01",
+                                           "anthropic-beta": None, "authorization": None}]
+
+
+async def test_messages_forward_the_clients_anthropic_version_and_beta(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    headers = {"anthropic-version": "2099-01-01", "anthropic-beta": "some-feature-2099", "x-api-key": "sk-client"}
+    await client.post("/v1/messages", json=anthropic("hi"), headers=headers)
+
+    # The service's own key goes upstream, never the client's.
+    assert upstream.anthropic_headers == [{"x-api-key": "sk-ant-upstream", "anthropic-version": "2099-01-01",
+                                           "anthropic-beta": "some-feature-2099", "authorization": None}]
+
+
+async def test_anthropic_upstream_error_keeps_its_status_headers_and_envelope(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    response = await client.post("/v1/messages", json=anthropic("hi", model="overloaded"))
+
+    assert response.status_code == 529
+    assert response.headers["retry-after"] == "3"
+    assert response.headers["request-id"] == "req_529"
+    assert response.json() == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
+@pytest.mark.parametrize(("path", "body", "envelope"), [
+    ("/v1/chat/completions", chat("hi"), "openai"),
+    ("/v1/messages", anthropic("hi"), "anthropic"),
+])
+async def test_unreachable_upstream_is_a_502_that_does_not_name_it(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    path: str, body: dict[str, Any], envelope: str,
 ) -> None:
     async with serve(Starlette()) as base_url:
         pass  # the port is free again: nothing listens there now
     monkeypatch.setenv("OPENAI_BASE_URL", f"{base_url}/v1")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", base_url)
+    port = base_url.rsplit(":", 1)[1]
 
-    response = await client.post("/v1/chat/completions", json=chat("hi"))
+    with caplog.at_level(logging.WARNING, logger="examples.upstream"):
+        response = await client.post(path, json=body)
 
     assert response.status_code == 502
-    assert response.json()["error"]["type"] == "api_error"
+    if envelope == "openai":
+        assert response.json()["error"]["type"] == "api_error"
+    else:
+        assert response.json()["type"] == "error" and response.json()["error"]["type"] == "api_error"
+    assert "127.0.0.1" not in response.text and port not in response.text  # internal address: log only
+    assert any(base_url in record.getMessage() for record in caplog.records)
 
 
 async def test_upstream_stream_is_relayed_chunk_by_chunk(app: Any, upstream: Upstream) -> None:
@@ -391,6 +655,30 @@ async def test_upstream_stream_is_relayed_chunk_by_chunk(app: Any, upstream: Ups
     assert [e["choices"][0]["delta"].get("content") for e in events[:-1]] == ["first", " second", None]
     assert events[-1] == "[DONE]"
     assert upstream.requests[0]["model"] == "gpt-4o-mini"
+
+
+async def test_anthropic_upstream_stream_is_relayed_event_by_event(app: Any, upstream: Upstream) -> None:
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        async with client.stream("POST", "/v1/messages", json=anthropic("hi", stream=True)) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["request-id"] == "req_stream"
+            received = ""
+            chunks = response.aiter_text()
+            with anyio.fail_after(5):  # the upstream holds the rest back until the first delta arrived
+                while "first" not in received:
+                    received += await chunks.__anext__()
+            assert "second" not in received
+            upstream.go_on.set()
+            async for text in chunks:
+                received += text
+
+    events = named_events(received)
+    assert [name for name, _ in events] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_delta",
+        "content_block_stop", "message_delta", "message_stop",
+    ]
+    assert "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta") == "first second"
 
 
 async def test_client_leaving_mid_stream_closes_the_upstream_stream(app: Any, upstream: Upstream) -> None:

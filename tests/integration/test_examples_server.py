@@ -1,5 +1,5 @@
-"""The FastAPI example under a real uvicorn server, spoken to by the official ``openai`` SDK, and run as the
-README says (``python examples/fastapi_app.py``)."""
+"""The example apps under a real uvicorn server, spoken to by the official ``openai`` and ``anthropic`` SDKs, and
+run as the README says (``python examples/fastapi_app.py``, ``python examples/litestar_app.py``)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,50 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
 
-from examples import fastapi_app
+from examples import fastapi_app, litestar_app
 from tests.servers import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+APPS = {"fastapi": fastapi_app.app, "litestar": litestar_app.app}
+
+
 @pytest.fixture(autouse=True)
 def builtin_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(params=sorted(APPS))
+async def base_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    async with serve(APPS[request.param]) as url:
+        yield url
+
+
+@pytest.fixture
+async def sdk(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="sk-test", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+async def claude(base_url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(base_url=base_url, api_key="sk-ant-test", max_retries=0) as client:
+        yield client
+
+
+def said(text: str) -> dict[str, Any]:
+    """The arguments of an Anthropic Messages call saying ``text`` as the end user ``ishaan-app``."""
+    return {"model": "claude-test", "max_tokens": 64, "metadata": {"user_id": "ishaan-app"},
+            "messages": [{"role": "user", "content": text}]}
 
 
 @pytest.fixture
@@ -107,6 +136,66 @@ async def test_embeddings_through_the_sdk(client: openai.AsyncOpenAI) -> None:
     assert len(result.data[0].embedding) == 8
 
 
+async def test_responses_create(sdk: openai.AsyncOpenAI) -> None:
+    response = await sdk.responses.create(model="echo-1", user="ishaan-app", input="good morning")
+
+    assert response.output_text == "You said: good morning"
+    assert response.status == "completed"
+    assert response.usage is not None and response.usage.output_tokens == 4
+
+
+async def test_responses_create_streamed(sdk: openai.AsyncOpenAI) -> None:
+    stream = await sdk.responses.create(model="echo-1", user="ishaan-app", input="good morning", stream=True)
+    events = [event async for event in stream]
+
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "You said: good morning"
+
+
+async def test_responses_stream_helper(sdk: openai.AsyncOpenAI) -> None:
+    async with sdk.responses.stream(model="echo-1", user="ishaan-app", input="good morning") as stream:
+        deltas = [event.delta async for event in stream if event.type == "response.output_text.delta"]
+        final = await stream.get_final_response()
+
+    assert "".join(deltas) == "You said: good morning"
+    assert final.output_text == "You said: good morning"
+
+
+async def test_responses_refusal_through_the_stream_helper(sdk: openai.AsyncOpenAI) -> None:
+    async with sdk.responses.stream(model="echo-1", user="ishaan-app", input="Hello world") as stream:
+        final = await stream.get_final_response()
+
+    assert final.output_text == "This is an invalid response"
+
+
+async def test_messages_create(claude: anthropic.AsyncAnthropic) -> None:
+    message = await claude.messages.create(**said("good morning"))
+
+    assert message.content[0].type == "text" and message.content[0].text == "You said: good morning"
+    assert (message.role, message.stop_reason, message.model) == ("assistant", "end_turn", "claude-test")
+    assert message.usage.output_tokens == 4
+
+
+async def test_messages_create_streamed(claude: anthropic.AsyncAnthropic) -> None:
+    stream = await claude.messages.create(**said("good morning"), stream=True)
+    events = [event async for event in stream]
+
+    assert [e.type for e in events][:2] == ["message_start", "content_block_start"]
+    assert [e.type for e in events][-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    deltas = [e.delta for e in events if e.type == "content_block_delta"]
+    assert "".join(d.text for d in deltas if d.type == "text_delta") == "You said: good morning"
+
+
+async def test_messages_stream_helper(claude: anthropic.AsyncAnthropic) -> None:
+    async with claude.messages.stream(**said("good morning")) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+
+    assert text == "You said: good morning"
+    assert final.content[0].type == "text" and final.content[0].text == "You said: good morning"
+    assert final.stop_reason == "end_turn"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -114,13 +203,15 @@ def free_port() -> int:
         return port
 
 
-def test_the_example_runs_as_a_script(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", ["examples/fastapi_app.py", "examples/litestar_app.py"])
+def test_the_example_runs_as_a_script(tmp_path: Path, script: str) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
+    forwarding = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in forwarding}
     env["PORT"] = str(port)
     log = tmp_path / "server.log"
     with log.open("wb") as output:
-        command = [sys.executable, "examples/fastapi_app.py"]  # as the README says, from the repository root
+        command = [sys.executable, script]  # as the README says, from the repository root
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
