@@ -97,6 +97,21 @@ class CallHook:
         return None
 
 
+#: What a hook call may raise that is the hook's own failure: any ``Exception``, and a ``CancelledError`` the hook
+#: raised of its own accord (it awaited a task that something else cancelled), told apart by :func:`cancelling`.
+HOOK_ERRORS = (Exception, asyncio.CancelledError)
+
+
+def cancelling() -> bool:
+    """Whether the running task has been asked to cancel (its client left, the server is shutting down), so that
+    a ``CancelledError`` is that cancellation on its way out, not a hook's failure (SPEC 5). Python 3.10 cannot
+    tell: there a hook's ``CancelledError`` is its failure unless the middleware itself cancelled the request."""
+    if sys.version_info >= (3, 11):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+    return False  # pragma: no cover - Python 3.10
+
+
 class HookTimeout(Exception):
     """A hook call outlived its timeout."""
 

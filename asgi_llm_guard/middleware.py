@@ -34,7 +34,7 @@ from .auth import UserAPIKeyAuth, header_digest, scope_user_id
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large, whole_body
 from .cache import DualCache
 from .errors import GuardError, Halt, RejectRequest, from_exception, log_exception
-from .hooks import BoundHook, HookSet, HookTimeout, bind_hooks, log_hook_exception
+from .hooks import HOOK_ERRORS, BoundHook, HookSet, HookTimeout, bind_hooks, cancelling, log_hook_exception
 from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
 from .pipeline import ResponsePipeline
@@ -353,6 +353,18 @@ class GuardedCall:
             message += f": {type(exc).__name__}: {exc}"
         return GuardError(500, message, stage=stage, hook=hook.name)
 
+    def cancelled(self) -> bool:
+        """Whether this request is being cancelled: a ``CancelledError`` is then that cancellation, not a hook's
+        (or the app's) own failure."""
+        return self._client_gone or cancelling()
+
+    def hook_failed(self, exc: BaseException, hook: BoundHook, stage: str) -> Halt:
+        """The :class:`Halt` for what a hook raised at ``stage``; a ``CancelledError`` while this request is being
+        cancelled is re-raised instead: the cancellation goes on."""
+        if isinstance(exc, asyncio.CancelledError) and self.cancelled():
+            raise exc
+        return Halt(self.outcome(exc, hook, stage), exc)
+
     def wrong_type(self, hook: BoundHook, result: object, expected: str) -> GuardError:
         logger.error(
             "%s hook %s returned %s; it must return %s", hook.stage, hook.name, type(result).__name__, expected
@@ -371,8 +383,8 @@ class GuardedCall:
                 logger.warning("%s; going on without it (fail_open)", exc)
                 return None
             raise Halt(self.outcome(exc, hook, stage), exc) from None
-        except Exception as exc:
-            raise Halt(self.outcome(exc, hook, stage), exc) from None
+        except HOOK_ERRORS as exc:
+            raise self.hook_failed(exc, hook, stage) from None
 
     def unencodable(self, exc: TypeError, hooks: tuple[BoundHook, ...], stage: str) -> Halt:
         """What orjson could not write back: nesting deeper than its 254 levels (the client's doing: orjson reads
@@ -411,7 +423,9 @@ class GuardedCall:
             except HookTimeout as exc:
                 logger.warning("%s", exc)
                 continue
-            except Exception as exc:
+            except HOOK_ERRORS as exc:
+                if isinstance(exc, asyncio.CancelledError) and cancelling():
+                    raise
                 error = from_exception(exc)
                 if error is None:
                     log_hook_exception(hook, exc, self.guard.expose_hook_errors)
@@ -483,8 +497,10 @@ class GuardedCall:
                     pipeline = self.pipeline
                     try:
                         await self.guard.app(scope, receive, pipeline.send)
-                    except Exception as exc:
-                        await pipeline.finish_after_app(exc)
+                    except HOOK_ERRORS as exc:
+                        if isinstance(exc, asyncio.CancelledError) and self.cancelled():
+                            raise
+                        await pipeline.finish_after_app(exc)  # a CancelledError of the app's own is its failure
                     else:
                         if not pipeline.done or pipeline.trailers_owed:
                             await pipeline.finish_after_app(None)
@@ -530,7 +546,9 @@ class GuardedCall:
         for hook in self.hooks.complete:
             try:
                 await hook.call(arguments)
-            except Exception as exc:
+            except HOOK_ERRORS as exc:
+                if isinstance(exc, asyncio.CancelledError) and cancelling():
+                    raise
                 log_hook_exception(hook, exc, self.guard.expose_hook_errors)
 
     def start_watch(self) -> None:
@@ -549,7 +567,9 @@ class GuardedCall:
     async def _authenticate(self, auth: AuthCallable) -> None:
         try:
             user = await auth(self.scope)
-        except Exception as exc:
+        except HOOK_ERRORS as exc:
+            if isinstance(exc, asyncio.CancelledError) and self.cancelled():
+                raise
             error = from_exception(exc)
             if error is None:
                 log_exception("the auth callable", exc, expose=self.guard.expose_hook_errors)
@@ -592,8 +612,8 @@ class GuardedCall:
             if hook.direct:  # run_hook's work, one coroutine less
                 try:
                     result = await hook.invoke(args)
-                except Exception as exc:
-                    raise Halt(self.outcome(exc, hook, "pre_call"), exc) from None
+                except HOOK_ERRORS as exc:
+                    raise self.hook_failed(exc, hook, "pre_call") from None
             else:
                 result = await self.run_hook(hook, args, "pre_call")
             if result is None:
@@ -676,7 +696,9 @@ class GuardedCall:
             raise
         try:
             await app_task  # a cancelled request cancels app_task with it
-        except Exception as exc:
+        except HOOK_ERRORS as exc:
+            if isinstance(exc, asyncio.CancelledError) and self.cancelled():
+                raise
             await pipeline.finish_after_app(exc)
         else:
             await pipeline.finish_after_app(None)

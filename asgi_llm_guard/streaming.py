@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import GuardError, Halt, RejectRequest, ResponseClosed
-from .hooks import BoundHook
+from .hooks import HOOK_ERRORS, BoundHook
 from .responses import chat_chunk, new_id, responses_closing_events, responses_object, text_completion
 from .sse import BOM, DONE, SSEEvent, SSEParser, encode_event, encode_json
 
@@ -139,8 +139,8 @@ class StreamRewriter:
                     else:  # _apply_per_chunk for one direct hook, inlined: this runs for every chunk
                         try:
                             result = await pair[0](pair[1], chunk)
-                        except Exception as exc:
-                            raise Halt(self.call.outcome(exc, self.per_chunk[0], "streaming"), exc) from None
+                        except HOOK_ERRORS as exc:
+                            raise self.call.hook_failed(exc, self.per_chunk[0], "streaming") from None
                         if result is not None:
                             if not isinstance(result, dict):
                                 error = self.call.wrong_type(self.per_chunk[0], result, "a dict or None")
@@ -263,8 +263,8 @@ class StreamRewriter:
             if hook.direct:  # run_hook's work, one coroutine less: this runs for every chunk
                 try:
                     result = await hook.invoke(call.args)
-                except Exception as exc:
-                    raise Halt(call.outcome(exc, hook, "streaming"), exc) from None
+                except HOOK_ERRORS as exc:
+                    raise call.hook_failed(exc, hook, "streaming") from None
             else:
                 result = await call.run_hook(hook, call.args, "streaming")
             if result is None:
@@ -327,8 +327,8 @@ class StreamRewriter:
                 yield item
         except Halt:
             raise
-        except Exception as exc:
-            raise Halt(self.call.outcome(exc, hook, "streaming"), exc) from None
+        except HOOK_ERRORS as exc:
+            raise self.call.hook_failed(exc, hook, "streaming") from None
 
     async def _chain(self) -> Any:
         call = self.call
@@ -340,8 +340,8 @@ class StreamRewriter:
                 result = hook.invoke(call.args)
                 if not hasattr(result, "__aiter__") and asyncio.iscoroutine(result):
                     result = await result
-            except Exception as exc:
-                raise Halt(call.outcome(exc, hook, "streaming"), exc) from None
+            except HOOK_ERRORS as exc:
+                raise call.hook_failed(exc, hook, "streaming") from None
             if not hasattr(result, "__aiter__"):
                 error = call.wrong_type(hook, result, "an async iterator of chunks")
                 raise Halt(error, TypeError(error.message))
