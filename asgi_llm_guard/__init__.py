@@ -13,6 +13,8 @@ from .hooks import CallHook
 from .middleware import GuardState, LLMHookMiddleware
 from .text import get_formatted_prompt, request_texts
 
+__version__ = "0.1.0"  # the package's one version number: pyproject.toml reads it from here (hatch)
+
 __all__ = [
     "CallHook",
     "DualCache",
@@ -22,6 +24,7 @@ __all__ = [
     "RejectRequest",
     "UpstreamError",
     "UserAPIKeyAuth",
+    "__version__",
     "get_formatted_prompt",
     "request_texts",
 ]
