@@ -18,6 +18,7 @@ CALL_TYPES = (
     "text_completion",
     "embeddings",
     "image_generation",
+    "anthropic_messages",
     "moderation",
     "audio_transcription",
     "responses",

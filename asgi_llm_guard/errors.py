@@ -140,6 +140,11 @@ class Halt(Exception):
         self.original = original
 
 
+def as_error(outcome: RejectRequest | GuardError) -> GuardError:
+    """A refusal as the 400 error it becomes where it cannot be an answer (SPEC 4)."""
+    return GuardError(400, outcome.message) if isinstance(outcome, RejectRequest) else outcome
+
+
 def status_of(exc: BaseException) -> int | None:
     """The integer ``status_code`` an exception carries, if any: a final HTTP status, 200 to 599 (``bool`` is not a
     status, and a 1xx cannot end a response)."""

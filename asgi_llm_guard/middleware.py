@@ -22,7 +22,6 @@ import contextlib
 import logging
 import sys
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +32,13 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .auth import UserAPIKeyAuth, header_digest, scope_user_id
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large, whole_body
 from .cache import DualCache
-from .errors import GuardError, Halt, RejectRequest, from_exception, log_exception
-from .hooks import HOOK_ERRORS, BoundHook, HookSet, HookTimeout, bind_hooks, cancelling, log_hook_exception
+from .call import CallSettings, CallState
+from .errors import GuardError, Halt, from_exception, log_exception
+from .formats import FORMATS
+from .hooks import HOOK_ERRORS, BoundHook, HookSet, bind_hooks, cancelling, log_hook_exception
 from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
 from .pipeline import ResponsePipeline
-from .responses import requested_format
 from .routes import RouteMatch, RouteTable, fold
 
 logger = logging.getLogger("asgi_llm_guard")
@@ -58,9 +58,6 @@ _SPECIAL_HEADERS = {
 }
 #: Seconds a guarded request runs before a task starts watching for its client's disconnect.
 _WATCH_AFTER = 0.02
-#: Stands in until the identity is known (a failure before that reports an empty identity).
-_NO_USER = UserAPIKeyAuth()
-_USER_PARAM_MESSAGE = "'user' param not passed in. 'enforce_user_param'=True"
 
 
 @dataclass
@@ -148,6 +145,9 @@ class LLMHookMiddleware:
         self.failure_wants_traceback = any(
             "traceback_str" in hook.positional or any(source == "traceback_str" for _, source in hook.keywords)
             for hook in self.hooks.failure
+        )
+        self.settings = CallSettings(
+            self.hooks, observer, expose_hook_errors, self.failure_wants_traceback, self.plain_responses
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -256,37 +256,26 @@ def _treated_as_post(scope: Scope) -> bool:
     return False
 
 
-class GuardedCall:
-    """The state and flow of one guarded request; never shared between requests."""
+class GuardedCall(CallState):
+    """The flow of one guarded request; never shared between requests."""
 
     __slots__ = (
-        "guard", "hooks", "scope", "receive", "call_type", "data", "content_type", "form",
-        "stream_requested", "usage_requested", "model", "user", "args", "pipeline", "forwarded_headers",
-        "_header_error", "_key_digest", "_failure_reported", "_client_gone", "_active", "_watcher",
-        "_watch_args", "plain_response",
+        "guard", "scope", "receive", "content_type", "form", "pipeline", "forwarded_headers",
+        "_header_error", "_key_digest", "_active", "_watcher", "_watch_args",
     )
 
     def __init__(
         self, guard: LLMHookMiddleware, scope: Scope, receive: Receive, send: Send, match: RouteMatch
     ) -> None:
+        super().__init__(guard.settings, FORMATS[match.call_type], match.params.get("deployment", ""))
         self.guard = guard
-        self.hooks = guard.hooks
         self.scope = scope
         self.receive = receive
-        self.call_type = match.call_type
-        self.data: dict[str, Any] = {}
         self.form: FormBody | None = None
-        self.stream_requested = self.usage_requested = False  # the format a refusal takes (SPEC 4)
-        self.model = match.params.get("deployment", "")
-        self.user = _NO_USER
-        self.args: dict[str, Any] = {}
         self.pipeline = ResponsePipeline(self, send)
-        self._failure_reported = False
-        self._client_gone = False
         self._active = True
         self._watcher: asyncio.Task[None] | None = None
         self._watch_args: tuple[ReplayedReceive, asyncio.Task[Any]] | None = None
-        self.plain_response = guard.plain_responses  # no hook reads the response, whatever its status
         self._scan_headers()
 
     def _scan_headers(self) -> None:
@@ -332,111 +321,6 @@ class GuardedCall:
         self.content_type = content_type
         self._key_digest = key
         self._header_error = error
-
-    # -- outcomes ----------------------------------------------------------------------------------------
-
-    def outcome(self, exc: BaseException, hook: BoundHook, stage: str) -> RejectRequest | GuardError:
-        """What the client gets for an exception a hook raised at ``stage``."""
-        if isinstance(exc, RejectRequest):
-            exc.stage, exc.hook = stage, hook.name
-            return exc
-        if isinstance(exc, HookTimeout):
-            return GuardError(503, str(exc), type="timeout_error", stage=stage, hook=hook.name)
-        error = from_exception(exc, stage=stage)
-        if error is not None:
-            error.stage = error.stage or stage
-            error.hook = error.hook or hook.name
-            return error
-        log_hook_exception(hook, exc, self.guard.expose_hook_errors)
-        message = f"{stage} hook {hook.name} failed"
-        if self.guard.expose_hook_errors:
-            message += f": {type(exc).__name__}: {exc}"
-        return GuardError(500, message, stage=stage, hook=hook.name)
-
-    def cancelled(self) -> bool:
-        """Whether this request is being cancelled: a ``CancelledError`` is then that cancellation, not a hook's
-        (or the app's) own failure."""
-        return self._client_gone or cancelling()
-
-    def hook_failed(self, exc: BaseException, hook: BoundHook, stage: str) -> Halt:
-        """The :class:`Halt` for what a hook raised at ``stage``; a ``CancelledError`` while this request is being
-        cancelled is re-raised instead: the cancellation goes on."""
-        if isinstance(exc, asyncio.CancelledError) and self.cancelled():
-            raise exc
-        return Halt(self.outcome(exc, hook, stage), exc)
-
-    def wrong_type(self, hook: BoundHook, result: object, expected: str) -> GuardError:
-        logger.error(
-            "%s hook %s returned %s; it must return %s", hook.stage, hook.name, type(result).__name__, expected
-        )
-        return GuardError(500, f"{hook.stage} hook {hook.name} failed", stage=hook.stage, hook=hook.name)
-
-    async def run_hook(self, hook: BoundHook, arguments: Mapping[str, Any], stage: str) -> Any:
-        """Call one hook: what it returns, or :class:`Halt` with the outcome of its failure. A timed-out
-        ``fail_open`` hook counts as having returned ``None`` (SPEC 1)."""
-        try:
-            if hook.direct:
-                return await hook.invoke(arguments)
-            return await hook.call(arguments)
-        except HookTimeout as exc:
-            if hook.fail_open:
-                logger.warning("%s; going on without it (fail_open)", exc)
-                return None
-            raise Halt(self.outcome(exc, hook, stage), exc) from None
-        except HOOK_ERRORS as exc:
-            raise self.hook_failed(exc, hook, stage) from None
-
-    def unencodable(self, exc: TypeError, hooks: tuple[BoundHook, ...], stage: str) -> Halt:
-        """What orjson could not write back: nesting deeper than its 254 levels (the client's doing: orjson reads
-        1024) is a 400; anything else is a value a hook put there (a set, an object) and so that hook's 500."""
-        if "Recursion limit" in str(exc) or not hooks:
-            error = GuardError(400, "The request body is nested too deeply (more than 254 levels).")
-        else:
-            hook = hooks[-1]
-            logger.error("%s hook %s left a value that is not JSON: %s", stage, hook.name, exc)
-            error = GuardError(500, f"{stage} hook {hook.name} failed", stage=stage, hook=hook.name)
-        return Halt(error, exc)
-
-    def app_outcome(self, exc: BaseException) -> GuardError:
-        error = from_exception(exc)
-        if error is not None:
-            return error
-        return GuardError(500, "The downstream app failed while handling the request.")
-
-    async def report_failure(self, original: BaseException) -> GuardError | None:
-        """Call the failure hooks once for this request; returns the error a hook put in place, if any."""
-        if self._failure_reported:
-            return None
-        self._failure_reported = True
-        hooks = self.hooks.failure
-        if not hooks:
-            return None
-        args = self.args or {"user_api_key_dict": self.user, "data": self.data}
-        args["request_data"] = self.data
-        args["original_exception"] = original
-        if self.guard.failure_wants_traceback:  # formatting one costs more than most refusals: only when asked
-            args["traceback_str"] = "".join(traceback.format_exception(original))
-        replacement: GuardError | None = None
-        for hook in hooks:
-            try:
-                result = await hook.call(args)
-            except HookTimeout as exc:
-                logger.warning("%s", exc)
-                continue
-            except HOOK_ERRORS as exc:
-                if isinstance(exc, asyncio.CancelledError) and cancelling():
-                    raise
-                error = from_exception(exc)
-                if error is None:
-                    log_hook_exception(hook, exc, self.guard.expose_hook_errors)
-                else:
-                    replacement = error
-                continue
-            if isinstance(result, BaseException):
-                error = from_exception(result)
-                if error is not None:
-                    replacement = error
-        return replacement
 
     # -- the flow ----------------------------------------------------------------------------------------
 
@@ -509,7 +393,7 @@ class GuardedCall:
             except ClientDisconnected as exc:
                 await self.report_failure(exc)
         except asyncio.CancelledError:
-            if not self._client_gone:
+            if not self.client_gone:
                 raise
             if sys.version_info >= (3, 11) and host is not None:
                 host.uncancel()
@@ -525,7 +409,7 @@ class GuardedCall:
             if pipeline.stream is not None:
                 await pipeline.close()
             if self.hooks.complete or observer is not None:
-                status = 499 if self._client_gone else pipeline.status
+                status = 499 if self.client_gone else pipeline.status
                 await self._complete(status)
                 if observer is not None:
                     observer.request_finished(self.call_type, status, time.perf_counter() - started)
@@ -561,7 +445,7 @@ class GuardedCall:
         """Cancel the request when the client leaves before its response ended (SPEC 6)."""
         await receive.disconnected()
         if self._active and not self.pipeline.done:
-            self._client_gone = True
+            self.client_gone = True
             host.cancel()
 
     async def _authenticate(self, auth: AuthCallable) -> None:
@@ -582,8 +466,9 @@ class GuardedCall:
         self.user = user
 
     def _parse(self, body: bytes | bytearray) -> None:
+        wire = self.wire
         try:
-            if self.call_type == "audio_transcription" and is_multipart(self.content_type):
+            if wire.accepts_multipart and is_multipart(self.content_type):
                 self.form = parse_form(body, self.content_type)
                 data = self.form.data
             else:
@@ -591,17 +476,21 @@ class GuardedCall:
         except GuardError as error:
             raise Halt(error, error) from None
         self.data = data
-        self.stream_requested, self.usage_requested = requested_format(data)
+        problem = wire.check_request(data)
+        if problem is not None:
+            raise Halt(problem, problem)
+        self.requested = wire.requested(data)
         model = data.get("model")
         if isinstance(model, str) and model:
             self.model = model
         elif not self.model:
             self.model = "unknown"
-        user = data.get("user")
+        user = wire.end_user(data)
         if self.user.end_user_id is None and isinstance(user, str) and user:
             self.user.end_user_id = user
         if self.guard.enforce_user_param and not (isinstance(user, str) and user):
-            missing = GuardError(400, _USER_PARAM_MESSAGE, param="user")
+            param = wire.end_user_param
+            missing = GuardError(400, f"'{param}' param not passed in. 'enforce_user_param'=True", param=param)
             raise Halt(missing, missing)
 
     async def _pre_call(self) -> tuple[str, BoundHook] | None:

@@ -24,17 +24,15 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from ._types import Message, Send
-from .errors import GuardError, Halt, RejectRequest, ResponseClosed, UpstreamError, log_exception
-from .responses import REFUSED_AS_ANSWER, Answer, error_answer, refusal_answer
+from .call import CallState
+from .errors import GuardError, Halt, RejectRequest, ResponseClosed, UpstreamError, as_error, log_exception
+from .responses import Answer, error_answer, refusal_answer
 from .streaming import StreamRewriter
-
-if TYPE_CHECKING:
-    from .middleware import GuardedCall
 
 logger = logging.getLogger("asgi_llm_guard")
 
@@ -81,7 +79,7 @@ class ResponsePipeline:
         "_trailers_sent",
     )
 
-    def __init__(self, call: GuardedCall, send: Send) -> None:
+    def __init__(self, call: CallState, send: Send) -> None:
         self.call = call
         self.client_send = send  # the client's own: body messages that are neither first nor last go straight to it
         self.status = 500  # what the client was sent; 500 until a start goes out
@@ -370,7 +368,7 @@ class ResponsePipeline:
         replacement = await self.call.report_failure(error)
         if replacement is not None:
             self._start = None
-            await self.answer(error_answer(replacement))
+            await self.answer(error_answer(replacement, self.call.wire))
             return
         await self._emit_held(body)
 
@@ -380,15 +378,12 @@ class ResponsePipeline:
         """Answer a refusal a hook returned (SPEC 4), before anything went to the client. Without failure hooks
         or an observer to tell, no exception is made for it: a refusal is an answer, and often a frequent one."""
         call = self.call
-        if call.hooks.failure or call.guard.observer is not None:
+        if call.hooks.failure or call.settings.observer is not None:
             refusal = RejectRequest(message)
             refusal.stage, refusal.hook = stage, hook
             await self.fail(refusal, refusal)
             return
-        answer = refusal_answer(
-            message, call.call_type, call.stream_requested, call.usage_requested, call.model, stage
-        )
-        await self.answer(answer)
+        await self.answer(refusal_answer(message, call.wire, call.requested, call.model, stage))
 
     async def fail(self, outcome: RejectRequest | GuardError, original: BaseException) -> None:
         """End the request with a refusal or an error, in whatever form is still possible.
@@ -405,27 +400,19 @@ class ResponsePipeline:
             return
         call = self.call
         stage = outcome.stage
-        observer = call.guard.observer
+        observer = call.settings.observer
         if observer is not None:
             refusal = isinstance(outcome, RejectRequest)
-            status = 200 if refusal and call.call_type in REFUSED_AS_ANSWER else getattr(outcome, "status_code", 400)
+            status = 200 if refusal and call.wire.refusal_is_answer else getattr(outcome, "status_code", 400)
             observer.request_rejected(stage, outcome.hook, status, "refusal" if refusal else "error")
         if not self.started:
             self._start = None
             self._chunks = []
             if isinstance(outcome, RejectRequest):
-                await self.answer(
-                    refusal_answer(
-                        outcome.message,
-                        call.call_type,
-                        call.stream_requested,
-                        call.usage_requested,
-                        call.model,
-                        stage or "pre_call",
-                    )
-                )
+                answer = refusal_answer(outcome.message, call.wire, call.requested, call.model, stage or "pre_call")
+                await self.answer(answer)
             else:
-                await self.answer(error_answer(outcome, stage))
+                await self.answer(error_answer(outcome, call.wire, stage))
             return
         if self.stream is not None:
             await self.stream.end_with(outcome)
@@ -435,7 +422,7 @@ class ResponsePipeline:
                 # After [DONE] the stream is over for the client: no error event, no second [DONE], only the end.
                 await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            body = _sse_error(outcome, call.call_type)
+            body = call.wire.error_events(as_error(outcome))
             if self._last_body is not None and not _ends_an_event(last):
                 # The app stopped halfway through an event: end it, so the error is an event of its own.
                 body = b"\n\n" + body
@@ -447,7 +434,7 @@ class ResponsePipeline:
         """Leave the client with a complete response after the app returned or raised ``exc``: the start before
         any body, exactly one final body, then the trailers the start announced."""
         if exc is not None and not isinstance(exc, ResponseClosed):
-            expose = self.call.guard.expose_hook_errors
+            expose = self.call.settings.expose_hook_errors
             stream = self.stream
             if stream is not None and stream.saw_done and not self.done:
                 # The app raised after its own [DONE]: the stream is whole, and over for the client after it. It
@@ -511,9 +498,3 @@ def _ends_with_done(body: bytes) -> bool:
         return False
     last = body.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].rsplit(b"\r", 1)[-1]
     return last.startswith(b"data:") and last[5:].strip() == b"[DONE]"
-
-
-def _sse_error(outcome: RejectRequest | GuardError, call_type: str) -> bytes:
-    from .streaming import error_events
-
-    return b"".join(error_events(outcome, call_type, sequence=None))

@@ -18,50 +18,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol
 
 import orjson
 
-from .errors import GuardError, Halt, RejectRequest, ResponseClosed
+from ._types import Message
+from .call import CallState
+from .errors import GuardError, Halt, RejectRequest, ResponseClosed, as_error
 from .hooks import HOOK_ERRORS, BoundHook
-from .responses import chat_chunk, new_id, responses_closing_events, responses_object, text_completion
 from .sse import BOM, DONE, SSEEvent, SSEParser, encode_event, encode_json
 
-if TYPE_CHECKING:
-    from .middleware import GuardedCall
-    from .pipeline import ResponsePipeline
-
 _END = None
-#: The call types whose streams end with ``data: [DONE]`` (chat and text completions, SPEC 4).
-_ENDED_BY_DONE = frozenset({"completion", "text_completion"})
 _QUEUE_SIZE = 8
 
 
-def error_events(
-    outcome: RejectRequest | GuardError, call_type: str, sequence: int | None
-) -> Iterator[bytes]:
-    """The events that end a stream with an error (SPEC 5): ``data: {"error": …}`` and ``[DONE]``; for the
-    Responses API, its ``error`` event, whose data also holds the ``"error"`` envelope: the ``openai`` SDK raises
-    ``APIError`` only from that key, and reads a Responses API ``error`` event as one more event of the stream."""
-    if isinstance(outcome, RejectRequest):
-        outcome = GuardError(400, outcome.message)
-    envelope = orjson.loads(outcome.body())
-    if call_type == "responses":
-        yield encode_json(
-            {
-                "type": "error",
-                "code": str(outcome.status_code),
-                "message": outcome.message,
-                "param": outcome.param,
-                "sequence_number": sequence or 0,
-                **envelope,
-            },
-            event="error",
-        )
-    else:
-        yield encode_json(envelope)
-    yield DONE
+class StreamOutput(Protocol):
+    """Where the rewritten stream goes: the request's response pipeline (``pipeline.py``)."""
+
+    started: bool  # http.response.start went to the client
+    done: bool  # the final body went to the client
+
+    def client_send(self, message: Message) -> Awaitable[None]: ...
+
+    async def emit(self, message: Message) -> None: ...
+
+    async def emit_start(self) -> None: ...
+
+    async def fail(self, outcome: RejectRequest | GuardError, original: BaseException) -> None: ...
 
 
 def _chunk_hook_pair(hooks: tuple[BoundHook, ...], args: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -79,25 +63,18 @@ def _chunk_hook_pair(hooks: tuple[BoundHook, ...], args: dict[str, Any]) -> tupl
 class StreamRewriter:
     """One SSE response through the streaming hooks; owned by the request's :class:`ResponsePipeline`."""
 
-    def __init__(self, call: GuardedCall, pipeline: ResponsePipeline) -> None:
+    def __init__(self, call: CallState, pipeline: StreamOutput) -> None:
         self.call = call
         self.pipeline = pipeline
         self.parser = SSEParser()
         self.per_chunk = call.hooks.streaming
         self.iterators = call.hooks.streaming_iterator
-        self.named = False  # events carry `event:` names (the Responses API)
+        self.named = False  # events carry `event:` names (the Responses API, Anthropic)
         self.first: dict[str, Any] | None = None
-        self.finished = False  # a chunk with a `finish_reason` went out: a refusal adds no second one (SPEC 8)
-        # Responses API bookkeeping, so a refusal can close the stream with consistent events.
-        self.response: dict[str, Any] | None = None
-        self.sequence = 0
-        self.items: dict[int, dict[str, Any]] = {}  # output_index: the item as sent (added, then done)
-        self.unfinished: set[int] = set()  # the output_index of items added and not done
-        self.message: int | None = None  # the output_index of the message item still open, if any
-        self.parts: list[dict[str, Any]] = []  # its finished content parts
-        self.part_count = 0  # its content parts added
-        self.part_open = False  # its last part is an open output_text part...
-        self.text = ""  # ...holding this text so far
+        # What the client has been sent, in the stream's own format, so that ending early stays consistent.
+        self.state = call.wire.stream_state(call.model)
+        self.observes = self.state.observes_events
+        self.finish_marker = self.state.finish_marker
         self._queue: asyncio.Queue[SSEEvent | None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._emitting = asyncio.Lock()  # held by the consumer task while it sends
@@ -107,7 +84,7 @@ class StreamRewriter:
         self.saw_done = False  # the app sent its [DONE]: its stream is whole
         self.done_sent = False  # the app's [DONE] went out: the stream is over for the client, whatever follows
         #: Per-chunk hooks only, on a stream whose events need no bookkeeping: :meth:`feed` may take its fast path.
-        self.quick = not self.iterators and call.call_type != "responses"
+        self.quick = not self.iterators and not self.observes
         self.idle = False  # `quick`, and nothing pending in the parser
         self.hook_pair = _chunk_hook_pair(self.per_chunk, call.args)
 
@@ -150,8 +127,9 @@ class StreamRewriter:
                         encoded = b"data: " + orjson.dumps(chunk) + b"\n\n"
                     except TypeError as exc:
                         raise self.call.unencodable(exc, self.per_chunk, "streaming") from None
-                    if encoded.find(b'"finish_reason":"') >= 0:  # see _encode
-                        self.finished = True
+                    marker = self.finish_marker
+                    if marker is not None and encoded.find(marker) >= 0:  # see _encode
+                        self.state.finished = True
                 except Halt as failed:
                     await self.pipeline.fail(failed.outcome, failed.original)
                     raise ResponseClosed("the stream was ended by a hook") from None
@@ -217,43 +195,6 @@ class StreamRewriter:
             self.first = chunk
         return chunk
 
-    def _observe_response_event(self, chunk: dict[str, Any]) -> None:
-        kind = chunk.get("type")
-        sequence = chunk.get("sequence_number")
-        if isinstance(sequence, int):
-            self.sequence = sequence + 1
-        index = chunk.get("output_index")
-        if index is None:
-            if kind == "response.created" and isinstance(chunk.get("response"), dict):
-                self.response = chunk["response"]
-            return
-        if kind == "response.output_text.delta":
-            if index == self.message and isinstance(chunk.get("delta"), str):
-                self.text += chunk["delta"]
-        elif kind == "response.output_item.added" or kind == "response.output_item.done":
-            item = chunk.get("item")
-            if not isinstance(item, dict) or not isinstance(index, int):
-                return
-            self.items[index] = item
-            if kind == "response.output_item.done":
-                self.unfinished.discard(index)
-                if index == self.message:
-                    self.message = None
-                return
-            self.unfinished.add(index)
-            if item.get("type") == "message" and isinstance(item.get("id"), str):
-                self.message, self.parts, self.part_count, self.part_open = index, [], 0, False
-        elif index == self.message:
-            if kind == "response.content_part.added":
-                part = chunk.get("part")
-                self.part_count += 1
-                self.part_open = isinstance(part, dict) and part.get("type") == "output_text"
-                self.text = ""
-            elif kind == "response.content_part.done":
-                part = chunk.get("part")
-                self.parts.append(part if isinstance(part, dict) else {"type": "output_text", "text": self.text})
-                self.part_open = False
-
     # -- hooks -------------------------------------------------------------------------------------------
 
     async def _apply_per_chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
@@ -273,9 +214,9 @@ class StreamRewriter:
                 error = call.wrong_type(hook, result, "a dict or None")
                 raise Halt(error, TypeError(error.message))
             chunk = result
-        if self.call.call_type == "responses":
-            # Only what goes out counts: a refusal continues the sequence and the text the client has seen.
-            self._observe_response_event(chunk)
+        if self.observes:
+            # Only what goes out counts: a refusal continues what the client has seen.
+            self.state.observe(chunk)
         return chunk
 
     def _encode(self, chunk: dict[str, Any], event: SSEEvent | None) -> bytes:
@@ -289,11 +230,11 @@ class StreamRewriter:
                 encoded = encode_event(orjson.dumps(chunk), event=event.event, id=event.id, retry=event.retry)
         except TypeError as exc:
             raise self.call.unencodable(exc, self.per_chunk or self.iterators, "streaming") from None
-        # A finish chunk is going out. orjson escapes every quote inside a string, so this can only be a key with a
-        # string value: one scan of bytes we have anyway, instead of looking into each chunk's choices (`find`: about
-        # half the time of `in` on a chunk-sized bytes).
-        if encoded.find(b'"finish_reason":"') >= 0:
-            self.finished = True
+        # The stream's finish is going out (chat: a finish_reason): one scan of bytes we have anyway, instead of
+        # looking into each chunk (`find`: about half the time of `in` on a chunk-sized bytes).
+        marker = self.finish_marker
+        if marker is not None and encoded.find(marker) >= 0:
+            self.state.finished = True
         return encoded
 
     # -- iterator hooks ----------------------------------------------------------------------------------
@@ -362,7 +303,7 @@ class StreamRewriter:
                 async with self._emitting:
                     await self._write(encoded)
             done = self._done_event
-            if done is None and not self._source_ended and self.call.call_type in _ENDED_BY_DONE:
+            if done is None and not self._source_ended and self.call.wire.ends_with_done:
                 done = DONE  # an iterator hook stopped before the app's [DONE]: the client still gets one
             tail = (done or b"") + self.parser.close()  # the unterminated tail came after [DONE]
             async with self._emitting:
@@ -392,57 +333,16 @@ class StreamRewriter:
         await pipeline.client_send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def end_with(self, outcome: RejectRequest | GuardError) -> None:
-        """End a stream that has started with a refusal or an error (SPEC 4 and 5)."""
+        """End a stream that has started with a refusal or an error, in the stream's own format (SPEC 4 and 5)."""
         if self.done_sent:
             # After [DONE] the stream is over for the client: no error event, no second [DONE], only the end.
             await self.pipeline.emit({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        call_type = self.call.call_type
-        if isinstance(outcome, RejectRequest) and call_type in ("completion", "text_completion", "responses"):
-            body = b"".join(self._refusal_events(outcome.message, call_type))
+        if isinstance(outcome, RejectRequest) and self.call.wire.refusal_is_answer:
+            body = self.state.closing_refusal(outcome.message, self.first)
         else:
-            body = b"".join(error_events(outcome, call_type, self.sequence))
+            body = self.state.closing_error(as_error(outcome))
         await self.pipeline.emit({"type": "http.response.body", "body": body, "more_body": False})
-
-    def _refusal_events(self, message: str, call_type: str) -> Iterator[bytes]:
-        first = self.first or {}
-        model = self.call.model  # what the client asked for, whatever a hook changed (SPEC 8), not the app's chunks'
-        created: int = first["created"] if isinstance(first.get("created"), int) else 0
-        if call_type == "responses":
-            response = self.response or responses_object("", model, status="in_progress")
-            # Every item sent goes into response.completed (the SDK raises on one it saw added and not finished):
-            # those that never finished, other than the message the refusal closes, as cut off.
-            output = {
-                index: {**item, "status": "incomplete"}
-                if index in self.unfinished and index != self.message and "status" in item
-                else item
-                for index, item in self.items.items()
-            }
-            yield from responses_closing_events(
-                message,
-                response,
-                self.sequence,
-                output=output,
-                open_message=self.message,
-                parts=self.parts,
-                content_index=self.part_count - 1 if self.part_open else self.part_count,
-                open_text=self.text if self.part_open else None,
-            )
-            return
-        default_id = new_id("chatcmpl-" if call_type == "completion" else "cmpl-")
-        stream_id: str = first["id"] if isinstance(first.get("id"), str) else default_id
-        # Exactly one chunk of a refused stream carries `finish_reason` (SPEC 8): none more if the app's went out
-        # (a hook refusing on the usage chunk, or an iterator hook at the end of the stream).
-        if call_type == "completion":
-            yield encode_json(chat_chunk(stream_id, created, model, {"content": message}, None))
-            if not self.finished:
-                yield encode_json(chat_chunk(stream_id, created, model, {}, "stop"))
-        else:
-            for text, finish in ((message, None), ("", "stop"))[: 1 if self.finished else 2]:
-                chunk = text_completion(text, model, stream_id, created, finish_reason=finish)
-                del chunk["usage"]
-                yield encode_json(chunk)
-        yield DONE
 
     async def close(self) -> None:
         """Cancel the consumer task, if the request ends before it did."""

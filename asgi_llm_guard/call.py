@@ -1,0 +1,169 @@
+"""What one guarded request carries through every layer: its wire format, identity, data and hooks, and how a
+hook's exception or return value becomes the request's outcome.
+
+The middleware (``middleware.py``) builds a :class:`CallState` per request and drives it; the response pipeline
+and the stream rewriter receive it. It sits below all three, so none of them imports another in a circle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .auth import UserAPIKeyAuth
+from .errors import GuardError, Halt, RejectRequest, from_exception
+from .formats import RequestedFormat, WireFormat
+from .hooks import HOOK_ERRORS, BoundHook, HookSet, HookTimeout, cancelling, log_hook_exception
+from .observe import Observer
+
+logger = logging.getLogger("asgi_llm_guard")
+
+#: Stands in until the identity is known (a failure before that reports an empty identity).
+NO_USER = UserAPIKeyAuth()
+_NOT_STREAMED = RequestedFormat()
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """The middleware's options that every request reads, built once at construction."""
+
+    hooks: HookSet
+    observer: Observer | None
+    expose_hook_errors: bool
+    failure_wants_traceback: bool  # a failure hook takes traceback_str: format one per failure
+    plain_responses: bool  # no hook reads a response, whatever its status
+
+
+class CallState:
+    """The state of one guarded request that the middleware, the response pipeline and the stream rewriter share;
+    never shared between requests."""
+
+    __slots__ = (
+        "settings", "hooks", "wire", "call_type", "data", "requested", "model", "user", "args", "plain_response",
+        "client_gone", "_failure_reported",
+    )
+
+    def __init__(self, settings: CallSettings, wire: WireFormat, model: str) -> None:
+        self.settings = settings
+        self.hooks = settings.hooks
+        self.wire = wire
+        self.call_type = wire.call_type
+        self.data: dict[str, Any] = {}
+        self.requested = _NOT_STREAMED  # the form a refusal takes (SPEC 4), read before any hook ran
+        self.model = model  # the model the client asked for: what a refusal names (SPEC 8)
+        self.user = NO_USER
+        self.args: dict[str, Any] = {}
+        # No hook reads the response, whatever its status: the response pipeline forwards it as it comes.
+        self.plain_response = settings.plain_responses
+        self.client_gone = False  # the client left: the request is being cancelled
+        self._failure_reported = False
+
+    # -- outcomes --------------------------------------------------------------------------------------------
+
+    def outcome(self, exc: BaseException, hook: BoundHook, stage: str) -> RejectRequest | GuardError:
+        """What the client gets for an exception a hook raised at ``stage``."""
+        if isinstance(exc, RejectRequest):
+            exc.stage, exc.hook = stage, hook.name
+            return exc
+        if isinstance(exc, HookTimeout):
+            return GuardError(503, str(exc), type="timeout_error", stage=stage, hook=hook.name)
+        error = from_exception(exc, stage=stage)
+        if error is not None:
+            error.stage = error.stage or stage
+            error.hook = error.hook or hook.name
+            return error
+        expose = self.settings.expose_hook_errors
+        log_hook_exception(hook, exc, expose)
+        message = f"{stage} hook {hook.name} failed"
+        if expose:
+            message += f": {type(exc).__name__}: {exc}"
+        return GuardError(500, message, stage=stage, hook=hook.name)
+
+    def cancelled(self) -> bool:
+        """Whether this request is being cancelled: a ``CancelledError`` is then that cancellation, not a hook's
+        (or the app's) own failure."""
+        return self.client_gone or cancelling()
+
+    def hook_failed(self, exc: BaseException, hook: BoundHook, stage: str) -> Halt:
+        """The :class:`Halt` for what a hook raised at ``stage``; a ``CancelledError`` while this request is being
+        cancelled is re-raised instead: the cancellation goes on."""
+        if isinstance(exc, asyncio.CancelledError) and self.cancelled():
+            raise exc
+        return Halt(self.outcome(exc, hook, stage), exc)
+
+    def wrong_type(self, hook: BoundHook, result: object, expected: str) -> GuardError:
+        logger.error(
+            "%s hook %s returned %s; it must return %s", hook.stage, hook.name, type(result).__name__, expected
+        )
+        return GuardError(500, f"{hook.stage} hook {hook.name} failed", stage=hook.stage, hook=hook.name)
+
+    async def run_hook(self, hook: BoundHook, arguments: Mapping[str, Any], stage: str) -> Any:
+        """Call one hook: what it returns, or :class:`Halt` with the outcome of its failure. A timed-out
+        ``fail_open`` hook counts as having returned ``None`` (SPEC 1)."""
+        try:
+            if hook.direct:
+                return await hook.invoke(arguments)
+            return await hook.call(arguments)
+        except HookTimeout as exc:
+            if hook.fail_open:
+                logger.warning("%s; going on without it (fail_open)", exc)
+                return None
+            raise Halt(self.outcome(exc, hook, stage), exc) from None
+        except HOOK_ERRORS as exc:
+            raise self.hook_failed(exc, hook, stage) from None
+
+    def unencodable(self, exc: TypeError, hooks: tuple[BoundHook, ...], stage: str) -> Halt:
+        """What orjson could not write back: nesting deeper than its 254 levels (the client's doing: orjson reads
+        1024) is a 400; anything else is a value a hook put there (a set, an object) and so that hook's 500."""
+        if "Recursion limit" in str(exc) or not hooks:
+            error = GuardError(400, "The request body is nested too deeply (more than 254 levels).")
+        else:
+            hook = hooks[-1]
+            logger.error("%s hook %s left a value that is not JSON: %s", stage, hook.name, exc)
+            error = GuardError(500, f"{stage} hook {hook.name} failed", stage=stage, hook=hook.name)
+        return Halt(error, exc)
+
+    def app_outcome(self, exc: BaseException) -> GuardError:
+        error = from_exception(exc)
+        if error is not None:
+            return error
+        return GuardError(500, "The downstream app failed while handling the request.")
+
+    async def report_failure(self, original: BaseException) -> GuardError | None:
+        """Call the failure hooks once for this request; returns the error a hook put in place, if any."""
+        if self._failure_reported:
+            return None
+        self._failure_reported = True
+        hooks = self.hooks.failure
+        if not hooks:
+            return None
+        args = self.args or {"user_api_key_dict": self.user, "data": self.data}
+        args["request_data"] = self.data
+        args["original_exception"] = original
+        if self.settings.failure_wants_traceback:  # formatting one costs more than most refusals: only when asked
+            args["traceback_str"] = "".join(traceback.format_exception(original))
+        replacement: GuardError | None = None
+        for hook in hooks:
+            try:
+                result = await hook.call(args)
+            except HookTimeout as exc:
+                logger.warning("%s", exc)
+                continue
+            except HOOK_ERRORS as exc:
+                if isinstance(exc, asyncio.CancelledError) and cancelling():
+                    raise
+                error = from_exception(exc)
+                if error is None:
+                    log_hook_exception(hook, exc, self.settings.expose_hook_errors)
+                else:
+                    replacement = error
+                continue
+            if isinstance(result, BaseException):
+                error = from_exception(result)
+                if error is not None:
+                    replacement = error
+        return replacement

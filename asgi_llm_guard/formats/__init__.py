@@ -1,0 +1,28 @@
+"""Wire formats: one module per API the guard speaks, behind the interface of :mod:`.base`.
+
+``FORMATS`` maps each call type (SPEC 2) to its format. To add one (say Gemini's ``generateContent``): a module
+here with a :class:`~.base.WireFormat` subclass, an entry below, and its path in ``routes.DEFAULT_ROUTES``.
+"""
+
+from __future__ import annotations
+
+from .anthropic import AnthropicMessages
+from .base import RequestedFormat, StreamState, TextSlot, WireFormat, new_id
+from .openai_chat import OpenAIChat
+from .openai_completions import OpenAITextCompletions
+from .openai_endpoints import OpenAIInputEndpoint, OpenAIPromptEndpoint
+from .openai_responses import OpenAIResponses
+
+__all__ = ["FORMATS", "RequestedFormat", "StreamState", "TextSlot", "WireFormat", "new_id"]
+
+#: The wire format of each call type, in the order of SPEC 2.
+FORMATS: dict[str, WireFormat] = {
+    "completion": OpenAIChat("completion"),
+    "text_completion": OpenAITextCompletions("text_completion"),
+    "embeddings": OpenAIInputEndpoint("embeddings"),
+    "image_generation": OpenAIPromptEndpoint("image_generation"),
+    "anthropic_messages": AnthropicMessages("anthropic_messages"),
+    "moderation": OpenAIInputEndpoint("moderation"),
+    "audio_transcription": OpenAIPromptEndpoint("audio_transcription", multipart=True),
+    "responses": OpenAIResponses("responses"),
+}

@@ -1,0 +1,192 @@
+"""The interface every wire format offers the flow: :class:`WireFormat` and its per-stream :class:`StreamState`.
+
+A wire format is what one API says on the wire (OpenAI chat, text completions, the Responses API, the OpenAI
+endpoints that answer a refusal with a 400, Anthropic Messages). The middleware, the response pipeline and the
+stream rewriter know nothing about any of them: they ask the request's format where its texts are, who its end
+user is, whether a stream was asked for, how a refusal and an error look (as JSON and as events), and, for a
+stream that has started, how to close it early. Adding a format (say Gemini's ``generateContent``) is one module
+with a :class:`WireFormat` subclass, an entry in ``formats.FORMATS`` and a route in ``routes.DEFAULT_ROUTES``.
+
+Texts are found as :class:`TextSlot` places (a container and a key), so what reads a text can write it back into
+the very same place: a mask can never miss a text that a check saw.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+from ..errors import GuardError
+
+__all__ = ["RequestedFormat", "StreamState", "TextSlot", "WireFormat", "new_id"]
+
+_ID_PREFIX = secrets.token_hex(6)  # per process, so ids differ across replicas and restarts
+_ID_COUNTER = itertools.count()
+
+
+def new_id(prefix: str) -> str:
+    """A unique response id (``chatcmpl-…``, ``cmpl-…``, ``resp_…``, ``msg_…``). Ids need to be unique, not
+    secret: a per-process random prefix and a counter, instead of reading the OS's randomness per refusal."""
+    return f"{prefix}{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
+class TextSlot(NamedTuple):
+    """A place that holds a text: ``container[key]`` is a ``str``. Read it with :meth:`get`, write it with
+    :meth:`set`::
+
+        for slot in formats.FORMATS["completion"].request_text_slots(data):
+            slot.set(slot.get().replace("s3cr3t", "[REDACTED]"))
+    """
+
+    container: Any
+    key: Any
+
+    def get(self) -> str:
+        value: str = self.container[self.key]
+        return value
+
+    def set(self, value: str) -> None:
+        self.container[self.key] = value
+
+
+class RequestedFormat(NamedTuple):
+    """What the client asked for, read before any hook ran: the form a refusal takes (SPEC 4)."""
+
+    stream: bool = False
+    include_usage: bool = False  # OpenAI's stream_options.include_usage: a refused stream ends with a usage chunk
+
+
+class StreamState:
+    """What one streamed response has sent so far, and how to end it early in its own format.
+
+    The stream rewriter creates one per streamed response (:meth:`WireFormat.stream_state`), shows it every event
+    that goes out (:meth:`observe`, only when :attr:`observes_events` says it needs them) and asks it for the
+    closing bytes of a refusal or an error once the stream has started.
+    """
+
+    #: Whether :meth:`observe` needs every parsed event that goes out (bookkeeping for a consistent close).
+    #: Without it, the rewriter may take its fast path over plain ``data: {…}`` events.
+    observes_events = False
+    #: Bytes whose presence in an encoded event means the stream's finish went out (OpenAI chat: a
+    #: ``finish_reason`` with a string value), so a refusal adds no second one; ``None``: not detected that way.
+    finish_marker: bytes | None = None
+
+    def __init__(self, wire: WireFormat, model: str) -> None:
+        self.wire = wire
+        self.model = model  # the model the client asked for: what a refusal names (SPEC 8)
+        self.finished = False  # the stream's finish went out
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """An event (as parsed JSON) is going out to the client."""
+
+    def closing_refusal(self, message: str, first: dict[str, Any] | None) -> bytes:
+        """The events that end this stream with ``message`` as the last of the answer; ``first`` is the stream's
+        first JSON event, if one was seen. A format whose refusals are 400s ends it with that error."""
+        return self.closing_error(GuardError(400, message))
+
+    def closing_error(self, error: GuardError) -> bytes:
+        """The events that end this stream with ``error`` (SPEC 5)."""
+        return self.wire.error_events(error)
+
+
+class WireFormat:
+    """One API's wire format, as the flow needs it. Subclasses override what differs from these defaults.
+
+    Instances are shared by every request: they hold no per-request state (that lives in :class:`StreamState`).
+    """
+
+    #: Whether a refusal is a normal 200 answer carrying the message (chat-like formats) or a 400 error.
+    refusal_is_answer = False
+    #: The request field naming the end user, as ``enforce_user_param`` reports it (dotted for a nested one).
+    end_user_param = "user"
+    #: Whether this format's streams end with ``data: [DONE]`` (OpenAI chat and text completions).
+    ends_with_done = False
+    #: Whether the route also takes ``multipart/form-data`` bodies (audio uploads).
+    accepts_multipart = False
+
+    def __init__(self, call_type: str) -> None:
+        self.call_type = call_type
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.call_type!r})"
+
+    # -- the request -----------------------------------------------------------------------------------------
+
+    def check_request(self, data: Mapping[str, Any]) -> GuardError | None:
+        """A 400 for a body whose shape this format rules out before any hook sees it, else ``None``."""
+        return None
+
+    def requested(self, data: Mapping[str, Any]) -> RequestedFormat:
+        """Whether the client asked for a stream (and what else shapes a refused stream)."""
+        return _STREAM if data.get("stream") is True else _NOT_STREAM
+
+    def end_user(self, data: Mapping[str, Any]) -> object:
+        """The request's end-user field as sent (not checked): ``user`` by default."""
+        return data.get("user")
+
+    def request_text_slots(self, data: Mapping[str, Any]) -> list[TextSlot]:
+        """Every user-visible text of the request, in request order (empty strings left out)."""
+        return list(self._request_slots(data)) if isinstance(data, Mapping) else []
+
+    def _request_slots(self, data: Mapping[str, Any]) -> Iterator[TextSlot]:
+        return iter(())
+
+    def request_texts(self, data: Mapping[str, Any]) -> list[str]:
+        return [slot.get() for slot in self.request_text_slots(data)]
+
+    def tool_calls(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The tool calls the request carries (assistant turns), as the format spells them."""
+        return []
+
+    def structured_messages(self, data: Mapping[str, Any]) -> list[Any] | None:
+        """The request's conversation as a list of messages, for formats that have one."""
+        return None
+
+    def images(self, data: Mapping[str, Any]) -> list[str]:
+        """The URLs of images in the request."""
+        return []
+
+    # -- the response ----------------------------------------------------------------------------------------
+
+    def response_text_slots(self, body: Any) -> list[TextSlot]:
+        """Every text of a non-streamed response body (a parsed JSON object)."""
+        return []
+
+    def response_texts(self, body: Any) -> list[str]:
+        return [slot.get() for slot in self.response_text_slots(body)]
+
+    def event_text_slots(self, event: Mapping[str, Any]) -> list[TextSlot]:
+        """The new output text one parsed stream event carries (a delta)."""
+        return []
+
+    def event_echo_slots(self, event: Mapping[str, Any]) -> list[TextSlot]:
+        """Texts a stream event repeats from earlier deltas (a ``…done`` or ``…completed`` event's full text): a
+        rewrite of the deltas must be applied here too, or the original text would reach the client anyway."""
+        return []
+
+    # -- answers the middleware writes -----------------------------------------------------------------------
+
+    def refusal_json(self, message: str, model: str) -> Any:
+        """The refusal as a normal, non-streamed answer (only asked when :attr:`refusal_is_answer`)."""
+        raise NotImplementedError
+
+    def refusal_events(self, message: str, model: str, requested: RequestedFormat) -> bytes:
+        """The refusal as a whole event stream (only asked when :attr:`refusal_is_answer`)."""
+        raise NotImplementedError
+
+    def error_body(self, error: GuardError) -> bytes:
+        """The JSON error of SPEC 5: ``{"error": {"message", "type", "param", "code"}}``."""
+        return error.body()
+
+    def error_events(self, error: GuardError) -> bytes:
+        """The events that end a started stream with ``error``: ``data: {"error": …}`` then ``data: [DONE]``."""
+        return b"data: " + error.body() + b"\n\ndata: [DONE]\n\n"
+
+    def stream_state(self, model: str) -> StreamState:
+        return StreamState(self, model)
+
+
+_STREAM = RequestedFormat(True, False)
+_NOT_STREAM = RequestedFormat(False, False)
