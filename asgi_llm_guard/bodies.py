@@ -70,6 +70,15 @@ def too_large(limit: int) -> GuardError:
     return GuardError(413, f"Request body is larger than the limit of {limit} bytes.")
 
 
+def forwarded_too_large(size: int, limit: int) -> GuardError:
+    """A body within ``max_body_bytes`` whose re-encoding for the app is not (a form of many tiny fields gets
+    longer part headers; hooks may lengthen texts): the app never receives more than the limit."""
+    return GuardError(
+        413,
+        f"Request body as forwarded to the app would be {size} bytes, larger than the limit of {limit} bytes.",
+    )
+
+
 def parse_json_object(body: bytes | bytearray) -> dict[str, Any]:
     """The body as a JSON object, or a 400 that says what is wrong with it."""
     if not body:

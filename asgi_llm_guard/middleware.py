@@ -551,11 +551,16 @@ class GuardedCall(CallState):
         """The final ``data`` as the body the app receives (replayed by ``receive``), and the scope it comes with."""
         try:
             if self.form is not None:
-                body, content_type = self.form.encode(self.data)  # edited text fields, the file bytes unchanged
+                # Edited text fields, the file bytes unchanged; a 413 before joining when over max_body_bytes (the
+                # form's part headers may be longer than the client's). A JSON body is not bounded again: it
+                # grows only through hooks (trusted) or rare number spellings (1e15 written out).
+                body, content_type = self.form.encode(self.data, self.guard.max_body_bytes)
             else:
                 body, content_type = orjson.dumps(self.data), b"application/json"
         except TypeError as exc:
             raise self.unencodable(exc, self.hooks.pre_call, "pre_call") from None
+        except GuardError as over_limit:
+            raise Halt(over_limit, over_limit) from None
         receive.replay(body)
         return self._downstream_scope(body, content_type)
 

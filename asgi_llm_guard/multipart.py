@@ -14,6 +14,11 @@ the app behind it read a form the same way. It is an optional dependency (``pip 
 field name, or a text field that is not UTF-8 is the client's error: :class:`~asgi_llm_guard.errors.GuardError`
 400 with a message saying what is wrong.
 
+A form may hold at most 1,000 text fields and 1,000 files (``max_fields``, ``max_files``: Starlette's defaults
+for ``request.form()``, so the app behind would refuse more anyway). Parsing stops at the first part over the
+limit: a 10 MiB form of 190,000 one-byte fields would otherwise cost seconds of event-loop CPU, and its
+re-encoded copy would be twice the size of the request. python-multipart itself bounds each part's headers.
+
 ::
 
     form = parse_form(body, headers[b"content-type"])
@@ -31,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from .bodies import forwarded_too_large
 from .errors import GuardError
 
 __all__ = ["FormBody", "FormFile", "is_multipart", "parse_form"]
@@ -106,8 +112,12 @@ class FormBody:
         found = self._files_by_name.get(name)
         return found[0] if found else None
 
-    def encode(self, data: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    def encode(self, data: Mapping[str, Any], max_bytes: int | None = None) -> tuple[bytes, bytes]:
         """The form re-encoded from (possibly edited) ``data``: ``(body, content_type_header_value)``.
+
+        With ``max_bytes``, a form that would be larger raises :class:`~asgi_llm_guard.errors.GuardError` 413
+        before it is joined (our part headers and boundary may be longer than the client's, and hooks may
+        lengthen fields: the app must not receive more than the middleware's ``max_body_bytes``).
 
         Parts follow ``data``'s order. A key that named file parts in the parsed form brings back those parts
         with their original headers and bytes (whatever its value, since a descriptor cannot replace the bytes;
@@ -136,17 +146,24 @@ class FormBody:
             chunks.append(content.content if isinstance(content, FormFile) else content)
             chunks.append(b"\r\n")
         chunks += (delimiter, b"--\r\n")
+        if max_bytes is not None:
+            size = sum(map(len, chunks))
+            if size > max_bytes:
+                raise forwarded_too_large(size, max_bytes)
         return b"".join(chunks), b"multipart/form-data; boundary=" + boundary
 
 
-def parse_form(body: bytes | bytearray, content_type: bytes) -> FormBody:
+def parse_form(
+    body: bytes | bytearray, content_type: bytes, *, max_fields: int = 1000, max_files: int = 1000
+) -> FormBody:
     """Parse a ``multipart/form-data`` body with ``python-multipart``'s streaming parser.
 
     Raises :class:`~asgi_llm_guard.errors.GuardError` 400 when the content type is not ``multipart/form-data``
-    or has no boundary, when the form is malformed or truncated (no closing boundary), when a part has no field
-    name or uses a ``Content-Transfer-Encoding`` other than 7bit/8bit/binary, when a name is given both as a file
-    and as text, and when a field name or text field is not UTF-8. Raises :class:`ImportError` naming the
-    ``multipart`` extra when ``python-multipart`` is not installed.
+    or has no boundary, when the form is malformed or truncated (no closing boundary), when it has more than
+    ``max_fields`` text fields or ``max_files`` files, when a part has no field name or uses a
+    ``Content-Transfer-Encoding`` other than 7bit/8bit/binary, when a name is given both as a file and as text,
+    and when a field name or text field is not UTF-8. Raises :class:`ImportError` naming the ``multipart`` extra
+    when ``python-multipart`` is not installed.
     """
     try:
         from python_multipart.multipart import MultipartParser, parse_options_header
@@ -166,7 +183,7 @@ def parse_form(body: bytes | bytearray, content_type: bytes) -> FormBody:
     if not isinstance(body, bytes):
         body = bytes(body)
 
-    collector = _Collector(body)
+    collector = _Collector(body, max_fields, max_files)
     try:
         parser = MultipartParser(
             boundary,
@@ -175,6 +192,7 @@ def parse_form(body: bytes | bytearray, content_type: bytes) -> FormBody:
                 "on_header_field": collector.on_header_field,
                 "on_header_value": collector.on_header_value,
                 "on_header_end": collector.on_header_end,
+                "on_headers_finished": collector.on_headers_finished,
                 "on_part_data": collector.on_part_data,
                 "on_part_end": collector.on_part_end,
                 "on_end": collector.on_end,
@@ -193,10 +211,11 @@ def parse_form(body: bytes | bytearray, content_type: bytes) -> FormBody:
 
 
 class _Part:
-    __slots__ = ("headers", "spans")
+    __slots__ = ("headers", "options", "spans")
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
+        self.options: dict[bytes, bytes] = {}  # of its Content-Disposition
         # (source, start, end): slices of the body, or of a copy when the parser handed us another buffer.
         self.spans: list[tuple[bytes, int, int]] = []
 
@@ -218,10 +237,17 @@ class _Part:
 class _Collector:
     """The parser's callbacks: headers and data spans of each part, in order."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, max_fields: int, max_files: int) -> None:
         self.body = body
         self.parts: list[_Part] = []
         self.ended = False
+        self._max_fields = max_fields
+        self._max_files = max_files
+        self._fields = 0
+        self._files = 0
+        from python_multipart.multipart import parse_options_header
+
+        self._parse_options = parse_options_header
         self._part = _Part()
         self._field = bytearray()
         self._value = bytearray()
@@ -242,6 +268,27 @@ class _Collector:
         self._field.clear()
         self._value.clear()
 
+    def on_headers_finished(self) -> None:
+        # Counted as the parts come, so an oversized form stops here instead of being parsed to its end (a
+        # GuardError, not a ValueError, passes through parse_form's handler).
+        part = self._part
+        disposition = part.header(b"content-disposition")
+        if disposition is not None:
+            part.options = self._parse_options(disposition)[1]
+        if b"filename" in part.options:
+            self._files += 1
+            if self._files > self._max_files:
+                raise GuardError(
+                    400, f"the multipart/form-data body has too many files: at most {self._max_files} are accepted"
+                )
+        else:
+            self._fields += 1
+            if self._fields > self._max_fields:
+                raise GuardError(
+                    400,
+                    f"the multipart/form-data body has too many text fields: at most {self._max_fields} are accepted",
+                )
+
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         spans = self._part.spans
         if data is self.body:
@@ -260,17 +307,12 @@ class _Collector:
         self.ended = True
 
     def build(self) -> FormBody:
-        from python_multipart.multipart import parse_options_header
-
         texts: dict[str, list[str]] = {}
         files: list[FormFile] = []
         file_names: dict[str, list[FormFile]] = {}
         order: dict[str, None] = {}
         for number, part in enumerate(self.parts, 1):
-            disposition = part.header(b"content-disposition")
-            options: dict[bytes, bytes] = {}
-            if disposition is not None:
-                options = parse_options_header(disposition)[1]
+            options = part.options
             raw_name = options.get(b"name")
             if raw_name is None:
                 raise GuardError(400, f"part {number} of the multipart/form-data body has no field name")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -118,3 +119,57 @@ async def test_json_body_on_the_audio_route_is_still_parsed_as_json() -> None:
                                  base_url="http://t") as c:
         response = await c.post("/v1/audio/transcriptions", json={"model": "whisper-1", "prompt": "p"})
     assert response.json()["prompt"] == "Vocabulary: asgi, guard."
+
+
+def tiny_fields(count: int) -> tuple[bytes, str]:
+    """A form of ``count`` one-byte text fields (plus a model), as tightly framed as multipart allows."""
+    part = b'--b\r\nContent-Disposition:form-data;name="f"\r\n\r\nx\r\n'
+    model = b'--b\r\nContent-Disposition:form-data;name="model"\r\n\r\nwhisper-1\r\n'
+    return model + part * count + b"--b--\r\n", "multipart/form-data; boundary=b"
+
+
+async def test_a_form_of_190000_one_byte_fields_is_a_quick_400() -> None:
+    # Regression: a 10 MiB form of ~190,000 one-byte fields (under max_body_bytes) cost seconds of event-loop
+    # CPU and reached the app re-encoded at about twice max_body_bytes. Starlette's limit applies: 1,000 fields.
+    received.clear()
+    body, content_type = tiny_fields(190_000)
+    assert len(body) < 10 * 1024 * 1024
+    async with client(LLMHookMiddleware(downstream, hooks=[RewritePrompt()])) as c:
+        started = time.process_time()
+        response = await c.post("/v1/audio/transcriptions", content=body, headers={"content-type": content_type})
+        took = time.process_time() - started
+    assert response.status_code == 400
+    assert response.json() == {"error": {
+        "message": "the multipart/form-data body has too many text fields: at most 1000 are accepted",
+        "type": "invalid_request_error", "param": None, "code": "400"}}  # fmt: skip
+    assert took < 1.0  # about 0.1 s (mostly the client); 3 s or more before
+    assert received == []
+
+
+async def test_the_form_the_app_receives_is_never_over_max_body_bytes() -> None:
+    # 1,000 one-byte fields framed more tightly than the form is re-encoded (a longer boundary and header)
+    received.clear()
+    body, content_type = tiny_fields(999)
+    limit = len(body) + 100
+    async with client(LLMHookMiddleware(downstream, max_body_bytes=limit)) as c:
+        response = await c.post("/v1/audio/transcriptions", content=body, headers={"content-type": content_type})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "413"
+    assert error["message"].startswith("Request body as forwarded to the app would be ")
+    assert error["message"].endswith(f" bytes, larger than the limit of {limit} bytes.")
+    assert received == []
+
+
+async def test_a_hook_that_lengthens_a_form_past_max_body_bytes_is_a_413() -> None:
+    received.clear()
+
+    class LongPrompt:
+        async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+            data["prompt"] = "x" * 60_000
+            return data
+
+    async with client(LLMHookMiddleware(downstream, hooks=[LongPrompt()], max_body_bytes=50_000)) as c:
+        response = await c.post("/v1/audio/transcriptions", **form(make_wav(0.1)))
+    assert response.status_code == 413
+    assert received == []
