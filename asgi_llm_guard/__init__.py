@@ -9,6 +9,7 @@
 from .auth import UserAPIKeyAuth
 from .cache import DualCache
 from .errors import GuardError, RejectRequest, UpstreamError
+from .guardrails import CustomGuardrail
 from .hooks import CallHook
 from .middleware import GuardState, LLMHookMiddleware
 from .text import get_formatted_prompt, request_texts
@@ -17,6 +18,7 @@ __version__ = "0.1.0"  # the package's one version number: pyproject.toml reads 
 
 __all__ = [
     "CallHook",
+    "CustomGuardrail",
     "DualCache",
     "GuardError",
     "GuardState",

@@ -17,6 +17,7 @@ from typing import Any
 from .auth import UserAPIKeyAuth
 from .errors import GuardError, Halt, RejectRequest, from_exception
 from .formats import RequestedFormat, WireFormat
+from .guardrail_engine import GuardrailRun
 from .hooks import HOOK_ERRORS, BoundHook, HookSet, HookTimeout, cancelling, log_hook_exception
 from .observe import Observer
 
@@ -44,7 +45,7 @@ class CallState:
 
     __slots__ = (
         "settings", "hooks", "wire", "call_type", "data", "requested", "model", "user", "args", "plain_response",
-        "client_gone", "_failure_reported",
+        "client_gone", "_failure_reported", "guardrail_run",
     )
 
     def __init__(self, settings: CallSettings, wire: WireFormat, model: str) -> None:
@@ -61,6 +62,7 @@ class CallState:
         self.plain_response = settings.plain_responses
         self.client_gone = False  # the client left: the request is being cancelled
         self._failure_reported = False
+        self.guardrail_run: GuardrailRun | None = None  # the request's guardrails, when there are any
 
     # -- outcomes --------------------------------------------------------------------------------------------
 

@@ -350,7 +350,41 @@ _FIELD_BY_METHOD = {
 }
 
 
-def bind_hooks(entries: Iterable[object], default_timeout: float | None, observer: Observer | None = None) -> HookSet:
+#: Binds a hook object another way (guardrails): ``(hook, timeout, fail_open) -> [(HookSet field, BoundHook)]``,
+#: or ``None`` to bind it as usual.
+Expander = Callable[[object, "float | None", bool], "list[tuple[str, BoundHook]] | None"]
+
+
+def bind_method(
+    hook: object, method_name: str, timeout: float | None, fail_open: bool, observer: Observer | None = None
+) -> BoundHook:
+    """One hook method bound with its argument plan (see :func:`_plan`)."""
+    name = type(hook).__name__
+    method = getattr(hook, method_name)
+    keywords, positional = _plan(name, method_name, method)
+    return BoundHook(
+        name=name,
+        method_name=method_name,
+        method=method,
+        keywords=keywords,
+        positional=positional,
+        timeout=float(timeout) if timeout is not None else None,
+        fail_open=fail_open,
+        observer=observer,
+    )
+
+
+def field_of(method_name: str) -> str:
+    """The :class:`HookSet` field holding a hook method's bindings."""
+    return _FIELD_BY_METHOD[method_name]
+
+
+def bind_hooks(
+    entries: Iterable[object],
+    default_timeout: float | None,
+    observer: Observer | None = None,
+    expand: Expander | None = None,
+) -> HookSet:
     """Resolve and bind every hook, raising ``TypeError``/``ValueError`` for entries that cannot work."""
     stages: dict[str, list[BoundHook]] = {field: [] for field in _FIELD_BY_METHOD.values()}
     for index, entry in enumerate(entries):
@@ -375,23 +409,15 @@ def bind_hooks(entries: Iterable[object], default_timeout: float | None, observe
         fail_open = getattr(hook, "fail_open", False)
         if not isinstance(fail_open, bool):
             raise TypeError(f"{name}.fail_open must be True or False, not {fail_open!r}")
+        expanded = expand(hook, timeout, fail_open) if expand is not None else None
+        if expanded is not None:
+            for field_name, bound in expanded:
+                stages[field_name].append(bound)
+            continue
         for method_name in methods:
             if _is_default(hook, method_name):
                 continue
-            method = getattr(hook, method_name)
-            keywords, positional = _plan(name, method_name, method)
-            stages[_FIELD_BY_METHOD[method_name]].append(
-                BoundHook(
-                    name=name,
-                    method_name=method_name,
-                    method=method,
-                    keywords=keywords,
-                    positional=positional,
-                    timeout=float(timeout) if timeout is not None else None,
-                    fail_open=fail_open,
-                    observer=observer,
-                )
-            )
+            stages[_FIELD_BY_METHOD[method_name]].append(bind_method(hook, method_name, timeout, fail_open, observer))
     return HookSet(**{field: tuple(bound) for field, bound in stages.items()})
 
 

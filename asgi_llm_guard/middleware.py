@@ -35,6 +35,7 @@ from .cache import DualCache
 from .call import CallSettings, CallState
 from .errors import GuardError, Halt, from_exception, log_exception
 from .formats import FORMATS
+from .guardrail_engine import GuardrailEngine, strip_guardrail_fields
 from .hooks import HOOK_ERRORS, BoundHook, HookSet, bind_hooks, cancelling, log_hook_exception
 from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
@@ -132,7 +133,10 @@ class LLMHookMiddleware:
             )
         self.app = app
         self.observer = observer
-        self.hooks: HookSet = bind_hooks(list(hooks), hook_timeout, observer)
+        engine = GuardrailEngine(observer)
+        self.hooks: HookSet = bind_hooks(list(hooks), hook_timeout, observer, engine.expand)
+        #: The CustomGuardrails among the hooks (docs/guardrails.md); None when there are none, which costs nothing.
+        self.guardrails = engine if engine.guardrails else None
         self.routes = RouteTable(routes)
         self.enforce_user_param = enforce_user_param
         self.max_body_bytes = max_body_bytes
@@ -141,7 +145,8 @@ class LLMHookMiddleware:
         self.moderate_first = moderation == "before"
         self.expose_hook_errors = expose_hook_errors
         self.disconnects = DisconnectWatch()
-        self.plain_responses = not (self.hooks.touches_response or self.hooks.failure)
+        # A guardrail that ran adds its header to the response start, so no start passes untouched.
+        self.plain_responses = not (self.hooks.touches_response or self.hooks.failure or self.guardrails)
         self.failure_wants_traceback = any(
             "traceback_str" in hook.positional or any(source == "traceback_str" for _, source in hook.keywords)
             for hook in self.hooks.failure
@@ -367,6 +372,10 @@ class GuardedCall(CallState):
                     "request_data": self.data,
                     "call_type": self.call_type,
                 }
+                if self.guard.guardrails is not None:
+                    self.guardrail_run = self.args["guardrail_run"] = self.guard.guardrails.start(
+                        self.data, self.user.metadata, self.call_type
+                    )
                 refused = await self._pre_call() if self.hooks.pre_call else None
                 if refused is not None:
                     await self.pipeline.refuse(refused[0], refused[1].name, "pre_call")
@@ -408,6 +417,8 @@ class GuardedCall(CallState):
             pipeline = self.pipeline
             if pipeline.stream is not None:
                 await pipeline.close()
+            if self.guardrail_run is not None:
+                self.guardrail_run.finish(499 if self.client_gone else pipeline.status)
             if self.hooks.complete or observer is not None:
                 status = 499 if self.client_gone else pipeline.status
                 await self._complete(status)
@@ -422,6 +433,7 @@ class GuardedCall(CallState):
         self.pipeline.call = None  # type: ignore[assignment]
         self.pipeline.stream = self.pipeline._feed = None
         self.args = {}
+        self.guardrail_run = None
         self._watcher = None
         self._watch_args = None
 
@@ -556,6 +568,8 @@ class GuardedCall(CallState):
                 # grows only through hooks (trusted) or rare number spellings (1e15 written out).
                 body, content_type = self.form.encode(self.data, self.guard.max_body_bytes)
             else:
+                if "guardrails" in self.data or "metadata" in self.data:
+                    strip_guardrail_fields(self.data)  # read by the guard, not the app (SPEC 10)
                 body, content_type = orjson.dumps(self.data), b"application/json"
         except TypeError as exc:
             raise self.unencodable(exc, self.hooks.pre_call, "pre_call") from None

@@ -35,6 +35,16 @@ class Observer:
     def request_finished(self, call_type: str, status: int, seconds: float) -> None:
         """A guarded request ended with ``status`` (499: the client left) after ``seconds``."""
 
+    def guardrail_finished(
+        self, guardrail: str, stage: str, decision: str, seconds: float, reason: str | None
+    ) -> None:
+        """One guardrail (``CustomGuardrail``) was applied, or was selected and could not be: ``guardrail`` is its
+        ``guardrail_name``; ``stage`` is ``"pre_call"``, ``"during_call"``, ``"post_call"`` or ``"logging_only"``;
+        ``decision`` is ``"allow"``, ``"modify"``, ``"block"``, ``"error"`` (it raised something that is not a
+        block, or timed out), ``"flag"`` (a ``logging_only`` guardrail would have blocked or modified) or
+        ``"not_run"`` (``reason`` says why, e.g. the response was not JSON). ``seconds`` is the time spent in the
+        guardrail (summed over the calls of one stream); ``reason`` is ``None`` when there is nothing to add."""
+
     def limiter_rejected(self, limit: str) -> None:
         """``ParallelRequestLimiter(observer=...)`` turned a request away: ``limit`` is ``"parallel"``, ``"rpm"`` or
         ``"tpm"``."""

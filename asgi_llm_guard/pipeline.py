@@ -116,6 +116,9 @@ class ResponsePipeline:
     async def emit(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
+            run = self.call.guardrail_run
+            if run is not None and run.applied:
+                message = _with_header(message, run.header())
             self.started = True
             self.status = message["status"]
             self._sent_start = message
@@ -129,7 +132,10 @@ class ResponsePipeline:
     async def answer(self, answer: Answer) -> None:
         """Send an answer the middleware wrote itself (a refusal or an error), start and body."""
         status, headers, body = answer
-        start = {"type": "http.response.start", "status": status, "headers": headers}
+        start: Message = {"type": "http.response.start", "status": status, "headers": headers}
+        run = self.call.guardrail_run
+        if run is not None and run.applied:
+            start = _with_header(start, run.header())
         self.started, self.status, self._sent_start = True, status, start
         await self.client_send(start)
         self.done = True
@@ -469,6 +475,14 @@ class ResponsePipeline:
     async def close(self) -> None:
         if self.stream is not None:
             await self.stream.close()
+
+
+def _with_header(start: Message, header: tuple[bytes, bytes] | None) -> Message:
+    if header is None:
+        return start
+    headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != header[0]]
+    headers.append(header)
+    return {**start, "headers": headers}
 
 
 def _as_json_value(result: Any) -> Any:
