@@ -53,6 +53,7 @@ DEFAULT_ROUTES: dict[str, str] = {
     "/audio/transcriptions": "audio_transcription",
     "/audio/translations": "audio_transcription",
     "/responses": "responses",
+    "/messages": "anthropic_messages",  # Anthropic's Messages API; /messages/count_tokens and batches stay unguarded
     "/openai/deployments/{deployment}/chat/completions": "completion",
     "/openai/deployments/{deployment}/completions": "text_completion",
     "/openai/deployments/{deployment}/embeddings": "embeddings",
