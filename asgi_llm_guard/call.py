@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .auth import UserAPIKeyAuth
-from .errors import GuardError, Halt, RejectRequest, from_exception
+from .errors import (
+    DEPENDENCY_FAILED,
+    GuardError,
+    Halt,
+    RejectRequest,
+    from_exception,
+    is_dependency_error,
+    log_exception,
+)
 from .formats import RequestedFormat, WireFormat
 from .guardrail_engine import GuardrailRun
 from .hooks import HOOK_ERRORS, BoundHook, HookSet, HookTimeout, cancelling, log_hook_exception
@@ -78,6 +86,11 @@ class CallState:
             error.stage = error.stage or stage
             error.hook = error.hook or hook.name
             return error
+        if is_dependency_error(exc):
+            # What a provider SDK raised for the hook's own call (the service's key, its quota): a 502, with the
+            # provider's message in the log only (see errors.py).
+            log_exception(f"{stage} hook {hook.name} (a call it made)", exc, expose=True)
+            return GuardError(502, f"{stage} hook {hook.name} failed: {DEPENDENCY_FAILED}", stage=stage, hook=hook.name)
         expose = self.settings.expose_hook_errors
         log_hook_exception(hook, exc, expose)
         message = f"{stage} hook {hook.name} failed"
@@ -133,6 +146,8 @@ class CallState:
         error = from_exception(exc)
         if error is not None:
             return error
+        if is_dependency_error(exc):  # the app's own call to a provider failed: not the client's doing
+            return GuardError(502, f"The downstream app failed: {DEPENDENCY_FAILED}.")
         return GuardError(500, "The downstream app failed while handling the request.")
 
     async def report_failure(self, original: BaseException) -> GuardError | None:

@@ -1,14 +1,20 @@
 """Exceptions hooks raise and receive, and the mapping of any exception to an OpenAI-shaped error (SPEC 5).
 
 Any exception with an integer ``status_code`` is honoured, whichever framework defined it (Starlette, FastAPI,
-Litestar, the ``openai`` SDK, or the user's own), so a LiteLLM handler that raises FastAPI's ``HTTPException``
-works unchanged. Anything else is a bug in the hook: a 500 whose message names the hook, never the exception's
-text (that could carry a prompt or a key), unless the middleware was built with ``expose_hook_errors=True``.
+Litestar, or the user's own), so a LiteLLM handler that raises FastAPI's ``HTTPException`` works unchanged.
+Anything else is a bug in the hook: a 500 whose message names the hook, never the exception's text (that could
+carry a prompt or a key), unless the middleware was built with ``expose_hook_errors=True``.
+
+One exception to the ``status_code`` rule: an error a provider SDK or an HTTP client raised for a call the hook
+(or the app) made (:func:`is_dependency_error`) is that dependency's failure, not the client's. Its status
+describes the service's own call: an ``openai.AuthenticationError`` from the service's key must not tell the client
+that *its* key is bad. It is a 502 instead, its message logged, never sent.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -194,12 +200,44 @@ def headers_of(exc: BaseException) -> dict[str, str]:
     return {}
 
 
+#: The base classes of what provider SDKs and HTTP clients raise when a call they made failed, by module. Looked up
+#: in ``sys.modules`` only: an SDK that was never imported raised nothing, and importing one here would cost startup.
+_DEPENDENCY_ERRORS = (
+    ("openai", "APIError"),
+    ("anthropic", "APIError"),
+    ("httpx", "HTTPError"),
+    ("requests", "RequestException"),
+    ("aiohttp", "ClientError"),
+)
+#: LiteLLM's refusals subclass ``openai.APIError`` but are raised on purpose, to answer the client.
+_RAISED_ON_PURPOSE = frozenset({"RejectedRequestError", "ModifyResponseException"})
+
+#: The message suffix of a hook's (or the app's) dependency failure.
+DEPENDENCY_FAILED = "upstream dependency error"
+
+
+def is_dependency_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error a provider SDK or HTTP client raised for a call that failed (``openai.APIError``
+    and ``anthropic.APIError`` with their subclasses, ``httpx.HTTPError``, ``requests.RequestException``,
+    ``aiohttp.ClientError``): the failure of a dependency of the service, whatever status it carries."""
+    modules = sys.modules
+    for module_name, class_name in _DEPENDENCY_ERRORS:
+        module = modules.get(module_name)
+        if module is None:
+            continue
+        base = getattr(module, class_name, None)
+        if isinstance(base, type) and isinstance(exc, base):
+            return not any(cls.__name__ in _RAISED_ON_PURPOSE for cls in type(exc).__mro__)
+    return False
+
+
 def from_exception(exc: BaseException, *, stage: str | None = None) -> GuardError | None:
-    """A :class:`GuardError` for an exception that carries a status, else ``None``."""
+    """A :class:`GuardError` for an exception that carries a status, else ``None``. A dependency's error
+    (:func:`is_dependency_error`) gives ``None`` too: its status is not the client's."""
     if isinstance(exc, GuardError):
         return exc
     status = status_of(exc)
-    if status is None:
+    if status is None or is_dependency_error(exc):
         return None
     return GuardError(status, message_of(exc), headers=headers_of(exc), stage=stage)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from .errors import RejectRequest, log_exception, status_of
+from .errors import RejectRequest, is_dependency_error, log_exception, status_of
 from .observe import Observer
 
 logger = logging.getLogger("asgi_llm_guard")
@@ -205,7 +205,7 @@ class BoundHook:
             raise
         except Exception as exc:
             status = status_of(exc)
-            if isinstance(exc, RejectRequest) or (status is not None and status < 500):
+            if isinstance(exc, RejectRequest) or (status is not None and status < 500 and not is_dependency_error(exc)):
                 outcome = "rejected"
             raise
         finally:

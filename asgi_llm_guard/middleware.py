@@ -33,7 +33,7 @@ from .auth import UserAPIKeyAuth, header_digest, scope_user_id
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large, whole_body
 from .cache import DualCache
 from .call import CallSettings, CallState
-from .errors import GuardError, Halt, from_exception, log_exception
+from .errors import DEPENDENCY_FAILED, GuardError, Halt, from_exception, is_dependency_error, log_exception
 from .formats import FORMATS
 from .guardrail_engine import GuardrailEngine, strip_guardrail_fields
 from .hooks import HOOK_ERRORS, BoundHook, HookSet, bind_hooks, cancelling, log_hook_exception
@@ -467,7 +467,10 @@ class GuardedCall(CallState):
             if isinstance(exc, asyncio.CancelledError) and self.cancelled():
                 raise
             error = from_exception(exc)
-            if error is None:
+            if error is None and is_dependency_error(exc):  # the key store it called failed, not the client's key
+                log_exception("the auth callable (a call it made)", exc, expose=True)
+                error = GuardError(502, f"Authentication failed: {DEPENDENCY_FAILED}.")
+            elif error is None:
                 log_exception("the auth callable", exc, expose=self.guard.expose_hook_errors)
                 error = GuardError(500, "Authentication failed.")
             raise Halt(error, exc) from None

@@ -10,8 +10,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
+import httpx
+import openai
 import orjson
 import pytest
+from fastapi import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asgi_llm_guard import LLMHookMiddleware, UserAPIKeyAuth
 
@@ -174,3 +179,178 @@ async def test_a_bounded_hook_raising_cancelled_error_of_its_own_is_its_failure(
     script = await drive(app)
     assert error_of(script, 500)["message"] == "pre_call hook PreCallCancelled failed"
     assert [type(e) for e in failures.exceptions] == [asyncio.CancelledError]
+
+
+# -- a provider SDK's error inside a hook is a dependency failure, not the client's -------------------------------
+
+
+def openai_client(status: int, body: dict[str, Any]) -> Any:
+    """The real ``openai`` SDK, its HTTP calls answered locally (a paid service: the one thing faked)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body)
+
+    transport = httpx.MockTransport(answer)
+    return openai.AsyncOpenAI(
+        api_key="sk-the-services-own-key", max_retries=0, http_client=httpx.AsyncClient(transport=transport)
+    )
+
+
+BAD_KEY = {"error": {"message": "Incorrect API key provided: sk-the-s***-key.", "type": "invalid_request_error",
+                     "param": None, "code": "invalid_api_key"}}
+RATE_LIMITED = {"error": {"message": "Rate limit reached for omni-moderation", "type": "requests", "param": None,
+                          "code": "rate_limit_exceeded"}}
+
+
+class ModeratesWithOpenAI:
+    """A pre-call hook that asks OpenAI's moderation endpoint with the service's own key."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.client = openai_client(status, body)
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+        await self.client.moderations.create(input=str(data.get("messages")))
+        return None
+
+
+@pytest.mark.parametrize(("status", "body"), [(401, BAD_KEY), (429, RATE_LIMITED)], ids=["bad-key", "rate-limited"])
+async def test_an_openai_error_inside_a_hook_is_a_502_not_the_clients_401(
+    status: int, body: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: the SDK's AuthenticationError carries status_code 401 and its message, and the client was told
+    # that its own key was bad ("Incorrect API key provided: sk-the-s***-key.").
+    down = App(JSON_STEPS)
+    app, failures = guard(down, ModeratesWithOpenAI(status, body))
+    script = await drive(app)
+    error = error_of(script, 502)
+    assert error == {"message": "pre_call hook ModeratesWithOpenAI failed: upstream dependency error",
+                     "type": "internal_server_error", "param": None, "code": "502"}
+    assert b"sk-" not in script.body and b"Rate limit" not in script.body
+    assert body["error"]["message"] in caplog.text  # kept for the operator
+    assert down.state == "not called"
+    assert [getattr(e, "status_code", None) for e in failures.exceptions] == [status]
+
+
+def sdk_errors() -> list[BaseException]:
+
+    request = httpx.Request("POST", "https://api.example.com/v1/x")
+    response = httpx.Response(401, request=request, json=BAD_KEY)
+    return [
+        openai.AuthenticationError("Incorrect API key provided", response=response, body=BAD_KEY),
+        openai.PermissionDeniedError("no access", response=httpx.Response(403, request=request), body=None),
+        openai.APIConnectionError(request=request),
+        anthropic.AuthenticationError("invalid x-api-key", response=response, body=None),
+        httpx.HTTPStatusError("401 Unauthorized", request=request, response=response),
+        httpx.ConnectError("connection refused", request=request),
+    ]
+
+
+class Raises:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class PostCallRaises(Raises):
+    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+        raise self.exc
+
+
+class ChunkRaises(Raises):
+    calls = 0
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        self.calls += 1
+        if self.calls == 2:  # after the stream started
+            raise self.exc
+        return None
+
+
+class ModerationRaisesIt(Raises):
+    async def async_moderation_hook(self, data: dict, user_api_key_dict: Any, call_type: str) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize("index", range(6), ids=["openai-401", "openai-403", "openai-connection", "anthropic-401",
+                                                 "httpx-status", "httpx-connect"])
+@pytest.mark.parametrize(("hook", "stage"), [(ModerationRaisesIt, "moderation"), (PostCallRaises, "post_call")])
+async def test_every_sdk_error_inside_a_hook_is_a_dependency_failure(index: int, hook: type, stage: str) -> None:
+    down = App(JSON_STEPS)
+    app, failures = guard(down, hook(sdk_errors()[index]))
+    script = await drive(app)
+    assert error_of(script, 502)["message"] == f"{stage} hook {hook.__name__} failed: upstream dependency error"
+    assert len(failures.exceptions) == 1
+
+
+async def test_an_sdk_error_mid_stream_ends_the_stream_with_a_dependency_error() -> None:
+    down = App(SSE_STEPS)
+    app, _ = guard(down, ChunkRaises(sdk_errors()[0]))
+    script = await drive(app, chat(stream=True))
+    assert_legal(script.sent)
+    payloads = stream_payloads(script.body)
+    assert payloads[-1] == "[DONE]"
+    assert payloads[-2]["error"]["code"] == "502"
+    assert payloads[-2]["error"]["message"] == "streaming hook ChunkRaises failed: upstream dependency error"
+
+
+class OwnError(Exception):
+    status_code = 401
+    detail = "your key is revoked"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "message"),
+    [
+        (HTTPException(401, "bad key"), 401, "bad key"),
+        (StarletteHTTPException(429, "slow down"), 429, "slow down"),
+        (OwnError(), 401, "your key is revoked"),
+    ],
+    ids=["fastapi", "starlette", "own-class"],
+)
+async def test_http_exceptions_raised_on_purpose_keep_their_status(exc: Exception, status: int, message: str) -> None:
+    down = App(JSON_STEPS)
+    app, _ = guard(down, ModerationRaisesIt(exc))
+    script = await drive(app)
+    assert error_of(script, status)["message"] == message
+
+
+async def test_litellms_rejected_request_error_keeps_its_meaning() -> None:
+
+    class RejectedRequestError(openai.BadRequestError):  # as litellm.exceptions defines it
+        pass
+
+
+    request = httpx.Request("POST", "http://x")
+    exc = RejectedRequestError("rejected by policy", response=httpx.Response(400, request=request), body=None)
+    down = App(JSON_STEPS)
+    app, _ = guard(down, ModerationRaisesIt(exc))
+    script = await drive(app)
+    assert error_of(script, 400)["message"] == "rejected by policy"
+
+
+async def test_a_failure_hook_raising_an_sdk_error_does_not_replace_the_answer() -> None:
+    class FailureCallsOpenAI:
+        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                               user_api_key_dict: Any) -> None:
+            raise sdk_errors()[0]
+
+    down = App(JSON_STEPS)
+    app = LLMHookMiddleware(down, hooks=[PreCallCancelled(), FailureCallsOpenAI()])
+    script = await drive(app)
+    assert error_of(script, 500)["message"] == "pre_call hook PreCallCancelled failed"
+
+
+async def test_an_auth_callable_whose_key_store_fails_is_a_502() -> None:
+    async def auth(scope: Any) -> UserAPIKeyAuth:
+        raise sdk_errors()[4]  # httpx.HTTPStatusError from the key store
+
+    down = App(JSON_STEPS)
+    app, _ = guard(down, auth=auth)
+    script = await drive(app)
+    assert error_of(script, 502)["message"] == "Authentication failed: upstream dependency error."
+
+
+async def test_an_app_letting_an_sdk_error_escape_is_a_502() -> None:
+    down = App([("raise", sdk_errors()[0])])
+    app, _ = guard(down)
+    script = await drive(app)
+    assert error_of(script, 502)["message"] == "The downstream app failed: upstream dependency error."
