@@ -13,12 +13,16 @@ needs is forwarded as it comes (no copy, no parse, no buffer):
   the start is held until the first rewritten bytes, so a hook failing on the first chunk still gets a real status.
 
 While moderation hooks run in parallel with the app, everything it sends is held, in order, and released only
-when they all pass (SPEC 6). Whatever the app or a hook does, the client sees a legal ASGI message sequence: one
-start, bodies, one final ``more_body=False``.
+when they all pass (SPEC 6). Held, but bounded: once the bodies held reach :data:`HOLD_LIMIT` bytes (1 MiB), the
+app's ``send`` waits until moderation has passed and the held messages went out (backpressure, as a slow client
+applies it), so a fast app streaming tens of megabytes during a slow moderation costs 1 MiB of memory, not all
+of it; the client could not have received any of it sooner. Whatever the app or a hook does, the client sees a
+legal ASGI message sequence: one start, bodies, one final ``more_body=False``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -37,6 +41,9 @@ from .streaming import StreamRewriter
 logger = logging.getLogger("asgi_llm_guard")
 
 _PASS, _SUCCESS, _UPSTREAM_ERROR, _STREAM = range(4)
+
+#: Body bytes held while moderation runs before the app's ``send`` waits for moderation to pass.
+HOLD_LIMIT = 1024 * 1024
 
 
 def _content_type(start: Message) -> bytes:
@@ -76,7 +83,7 @@ class ResponsePipeline:
     __slots__ = (
         "call", "client_send", "status", "started", "done", "_passing", "_app_started", "_app_done", "_held",
         "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream", "_feed", "_last_body",
-        "_trailers_sent",
+        "_trailers_sent", "_held_bytes", "_hold_limit", "_resume", "_dropped",
     )
 
     def __init__(self, call: CallState, send: Send) -> None:
@@ -91,6 +98,10 @@ class ResponsePipeline:
         self._app_done = False
         self._held: list[Message] | None = None
         self._held_since = 0.0
+        self._held_bytes = 0
+        self._hold_limit = HOLD_LIMIT
+        self._resume: asyncio.Future[None] | None = None  # what an app held at the limit awaits
+        self._dropped = False  # moderation rejected: what the app sends from now on is discarded
         self._mode = _PASS
         self._start: Message | None = None
         self._chunks: list[bytes] = []
@@ -150,9 +161,13 @@ class ResponsePipeline:
 
     # -- moderation hold ---------------------------------------------------------------------------------
 
-    def hold(self) -> None:
+    def hold(self, limit: int = HOLD_LIMIT) -> None:
+        """Hold what the app sends until :meth:`release` or :meth:`drop`; at ``limit`` body bytes its ``send``
+        waits."""
         self._held = []
         self._held_since = 0.0
+        self._held_bytes = 0
+        self._hold_limit = limit
 
     def held_for(self) -> float:
         """Seconds the app's response has waited so far (0 if it has not started)."""
@@ -163,18 +178,47 @@ class ResponsePipeline:
         held = self._held
         assert held is not None
         index = 0
-        while index < len(held):  # the app may add to the list while an earlier message is forwarded
-            await self._process(held[index])
-            index += 1
-        self._held = None
+        try:
+            while index < len(held):  # the app may add to the list while an earlier message is forwarded
+                await self._process(held[index])
+                index += 1
+        finally:
+            self._held = None
+            self._resume_app()
         self._passing = self._mode == _PASS and self.started and not self.done
         if self._mode == _STREAM and not self.done and not self._app_done:
             assert self.stream is not None
             self._feed = self.stream.feed
 
     def drop(self) -> None:
-        """Forget what the app sent; it never reaches the client (a moderation hook rejected)."""
+        """Forget what the app sent and discard what it still sends; none of it reaches the client (a moderation
+        hook rejected). An app waiting at the hold limit is let go (it is being cancelled anyway)."""
         self._held = []
+        self._dropped = True
+        self._resume_app()
+
+    def _resume_app(self) -> None:
+        resume, self._resume = self._resume, None
+        if resume is not None and not resume.done():
+            resume.set_result(None)
+
+    async def _hold(self, message: Message) -> None:
+        held = self._held
+        assert held is not None
+        if self._dropped:
+            return
+        if not self._held_since:
+            self._held_since = time.perf_counter()
+        held.append(message)
+        if message["type"] == "http.response.body":
+            self._held_bytes += len(message.get("body", b""))
+            if self._held_bytes >= self._hold_limit:
+                # Backpressure: the app waits until moderation passed and the held messages went to the client
+                # (or until it is cancelled, on a rejection).
+                resume = self._resume
+                if resume is None:
+                    resume = self._resume = asyncio.get_running_loop().create_future()
+                await resume
 
     # -- from the app ------------------------------------------------------------------------------------
 
@@ -216,7 +260,7 @@ class ResponsePipeline:
             # After the final body, as the ASGI trailers extension orders it; held with the rest while moderation
             # runs, so they keep their place.
             if self._held is not None:
-                self._held.append(message)
+                await self._hold(message)
             else:
                 await self._forward_trailers(message)
             return
@@ -232,9 +276,7 @@ class ResponsePipeline:
             if not message.get("more_body", False):
                 self._app_done = True
         if self._held is not None:
-            if not self._held_since:
-                self._held_since = time.perf_counter()
-            self._held.append(message)
+            await self._hold(message)
             return
         if kind == "http.response.body" and self._mode == _STREAM:
             assert self.stream is not None

@@ -258,3 +258,105 @@ async def test_no_task_outlives_a_moderated_request(moderation: str) -> None:
     await call
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - before == set()
+
+
+# -- what is held while moderation runs is bounded: the app waits instead ------------------------------------
+
+CHUNK = 64 * 1024
+
+
+def numbered_chunk(index: int) -> bytes:
+    return index.to_bytes(4, "big") * (CHUNK // 4)
+
+
+class Bulk:
+    """Sends ``chunks`` numbered 64 KiB chunks as fast as ``send`` returns, noting how many bytes it got out."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.sent_bytes = 0
+        self.finished = False
+        self.cancelled = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        try:
+            headers = [(b"content-type", b"application/octet-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for index in range(self.chunks):
+                body = numbered_chunk(index)
+                await send({"type": "http.response.body", "body": body, "more_body": index < self.chunks - 1})
+                self.sent_bytes += len(body)
+            self.finished = True
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+class InOrder:
+    """The client's ``send``: checks each chunk is the next one as it arrives, keeping none of them."""
+
+    def __init__(self) -> None:
+        self.types: list[str] = []
+        self.chunks = 0
+        self.out_of_order: list[int] = []
+        self.body = b""  # only for an answer the middleware wrote itself
+        self.status = 0
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.types.append("start")
+            return
+        body = message.get("body", b"")
+        if len(body) == CHUNK:
+            if body != numbered_chunk(self.chunks):
+                self.out_of_order.append(self.chunks)
+            self.chunks += 1
+        else:
+            self.body += body
+        if not message.get("more_body", False):
+            self.types.append("end")
+
+
+class SlowModeration:
+    """Passes (or rejects) after ``delay`` seconds, noting how many bytes the app had sent by then."""
+
+    def __init__(self, app: Bulk, delay: float, verdict: Exception | None = None) -> None:
+        self.app, self.delay, self.verdict = app, delay, verdict
+        self.app_sent_by_verdict = -1
+
+    async def async_moderation_hook(self, data: dict, user_api_key_dict: Any, call_type: str) -> None:
+        await asyncio.sleep(self.delay)
+        self.app_sent_by_verdict = self.app.sent_bytes
+        if self.verdict is not None:
+            raise self.verdict
+
+
+async def test_a_fast_app_waits_at_1_mib_held_and_the_client_gets_every_byte_in_order() -> None:
+    # Regression: everything the app sent during moderation was held, without bound (a 60 MB stream held in
+    # memory during a 4 s moderation). Now the app's send waits once 1 MiB is held, until moderation passed.
+    app = Bulk(chunks=800)  # 50 MiB
+    moderation = SlowModeration(app, delay=0.5)
+    client_side = InOrder()
+    script = Script(body_messages(orjson.dumps(chat())))
+    guard = LLMHookMiddleware(app, hooks=[moderation])
+    await asyncio.wait_for(guard(http_scope(), script.receive, client_side.send), 20)
+    assert moderation.app_sent_by_verdict <= 1024 * 1024  # 1 MiB held (16 chunks), the 16th send waiting
+    assert app.finished and client_side.types == ["start", "end"]
+    assert (client_side.chunks, client_side.out_of_order) == (800, [])
+
+
+async def test_a_rejection_while_the_app_waits_at_the_limit_answers_at_once_and_cancels_it() -> None:
+    app = Bulk(chunks=800)
+    moderation = SlowModeration(app, delay=0.3, verdict=RejectRequest("blocked by moderation"))
+    client_side = InOrder()
+    script = Script(body_messages(orjson.dumps(chat())))
+    started = time.perf_counter()
+    guard = LLMHookMiddleware(app, hooks=[moderation])
+    await asyncio.wait_for(guard(http_scope(), script.receive, client_side.send), 5)
+    assert time.perf_counter() - started < 1.5
+    assert app.cancelled and not app.finished
+    assert moderation.app_sent_by_verdict <= 1024 * 1024
+    assert client_side.status == 200 and client_side.chunks == 0  # nothing the app sent reached the client
+    assert orjson.loads(client_side.body)["choices"][0]["message"]["content"] == "blocked by moderation"
