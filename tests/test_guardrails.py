@@ -398,3 +398,19 @@ async def test_no_guardrail_configured_forwards_guardrails_field_removed() -> No
     async with client(app) as c:
         await c.post("/v1/chat/completions", json=chat("a", guardrails=["x"]))
     assert "guardrails" not in orjson.loads(down.received[0].body)
+
+
+async def test_prometheus_observer_counts_guardrail_decisions() -> None:
+    from asgi_llm_guard.contrib.prometheus import PrometheusObserver
+
+    observer = PrometheusObserver()
+    app, _ = _app(NoSecrets(guardrail_name="ns", event_hook="pre_call", default_on=True), observer=observer)
+    async with client(app) as c:
+        await c.post("/v1/chat/completions", json=chat("s3cr3t"))
+        await c.post("/v1/chat/completions", json=chat("rm -rf"))
+    sample = observer.registry.get_sample_value
+    assert sample("llm_guard_guardrail_decisions_total",
+                  {"guardrail": "ns", "stage": "pre_call", "decision": "modify"}) == 1
+    assert sample("llm_guard_guardrail_decisions_total",
+                  {"guardrail": "ns", "stage": "pre_call", "decision": "block"}) == 1
+    assert sample("llm_guard_guardrail_duration_seconds_count", {"guardrail": "ns", "stage": "pre_call"}) == 2

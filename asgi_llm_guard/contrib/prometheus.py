@@ -23,6 +23,11 @@ name                                           type        labels and meaning
                                                            hooks (0 when they finished first)
 ``llm_guard_limiter_rejections_total``         counter     ``limit``: ``parallel``, ``rpm`` or ``tpm`` 429s of a
                                                            ``ParallelRequestLimiter`` given ``observer=``
+``llm_guard_guardrail_decisions_total``        counter     ``guardrail``, ``stage``, ``decision``: each guardrail
+                                                           decision (``allow``, ``modify``, ``block``, ``error``,
+                                                           ``flag``, ``not_run``); ``stage`` is its mode
+``llm_guard_guardrail_duration_seconds``       histogram   ``guardrail``, ``stage``: time in the guardrail (a
+                                                           stream's calls summed)
 =============================================  ==========  ====================================================
 
 Each observer registers its metrics in its own ``CollectorRegistry`` unless you pass ``registry=`` (for example
@@ -121,6 +126,20 @@ class PrometheusObserver(Observer):
             "limiter_rejections", "ParallelRequestLimiter rejections (429), by limit.", ["limit"], **common
         )
 
+        self.guardrail_decisions_total = counter(
+            "guardrail_decisions",
+            "Guardrail decisions (allow, modify, block, error, flag, not_run).",
+            ["guardrail", "stage", "decision"],
+            **common,
+        )
+        self.guardrail_duration = histogram(
+            "guardrail_duration_seconds",
+            "Time spent in a guardrail per request and stage.",
+            ["guardrail", "stage"],
+            buckets=tuple(hook_buckets),
+            **common,
+        )
+
     def metrics_app(self) -> Any:
         """prometheus-client's ASGI app serving this observer's registry; mount it at the path you choose::
 
@@ -147,6 +166,13 @@ class PrometheusObserver(Observer):
     def request_finished(self, call_type: str, status: int, seconds: float) -> None:
         self.request_duration.labels(call_type).observe(seconds)
         self.responses_total.labels(call_type, str(status)).inc()
+
+    def guardrail_finished(
+        self, guardrail: str, stage: str, decision: str, seconds: float, reason: str | None
+    ) -> None:
+        self.guardrail_decisions_total.labels(guardrail, stage, decision).inc()
+        if decision != "not_run":
+            self.guardrail_duration.labels(guardrail, stage).observe(seconds)
 
     # -- ParallelRequestLimiter(observer=...) -------------------------------------------------------------
 
