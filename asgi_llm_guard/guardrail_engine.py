@@ -490,7 +490,7 @@ class GuardrailRun:
         self.data = data
         self.requested = requested_guardrails(data, metadata if isinstance(metadata, Mapping) else None)
         self.applied: list[str] = []
-        self.recorded: set[tuple[str, str, str]] = set()
+        self.recorded: set[tuple[int, str, str]] = set()
         self._selected: dict[tuple[int, str], bool] = {}
 
     def selects(self, guardrail: Guardrail, mode: str, data: Any) -> bool:
@@ -517,7 +517,7 @@ class GuardrailRun:
     def record(
         self, guardrail: Guardrail, mode: str, input_type: str, decision: str, seconds: float, reason: str | None
     ) -> None:
-        self.recorded.add((guardrail.name, mode, input_type))
+        self.recorded.add((id(guardrail), mode, input_type))
         logger.debug(
             "guardrail %s %s (%s): %s in %.2f ms%s", guardrail.name, mode, input_type, decision, seconds * 1000,
             f" ({reason})" if reason else "",
@@ -537,7 +537,7 @@ class GuardrailRun:
         for guardrail in self.engine.guardrails:
             for mode in guardrail.modes:
                 for side in _SIDES[mode]:
-                    if (guardrail.name, mode, side) in self.recorded or not self.selects(guardrail, mode, self.data):
+                    if (id(guardrail), mode, side) in self.recorded or not self.selects(guardrail, mode, self.data):
                         continue
                     if side == "request":
                         reason = f"the request ended before this stage (status {status})"
@@ -559,10 +559,6 @@ class GuardrailEngine:
         if not isinstance(hook, CustomGuardrail):
             return None
         guardrail = Guardrail(hook, timeout, fail_open, self.observer)
-        if any(other.name == guardrail.name for other in self.guardrails):
-            raise ValueError(
-                f"two guardrails are named {guardrail.name!r}; give each its own guardrail_name"
-            )
         self.guardrails.append(guardrail)
         return guardrail.bind()
 

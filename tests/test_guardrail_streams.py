@@ -290,3 +290,23 @@ async def test_anthropic_stream_is_masked() -> None:
     assert text == "the [REDACTED] is safe"
     kinds = [e["type"] for e in events]
     assert kinds[0] == "message_start" and kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+
+
+async def test_prompt_pattern_guard_masks_and_blocks_streamed_answers_as_a_post_call_guardrail() -> None:
+    from asgi_llm_guard.contrib import PromptPatternGuard
+
+    masker = PromptPatternGuard(deny=[r"\bs3cr3t\b"], action="mask", event_hook=["pre_call", "post_call"],
+                                stream_holdback_chars=16, stream_check_chars=8)
+    app = LLMHookMiddleware(Streamer(_chat_stream(["my s3", "cr3t ", "is out ", "again s3cr3t."])), hooks=[masker])
+    async with client(app) as c:
+        r = await c.post("/v1/chat/completions", json=chat("hi", stream=True))
+    assert _chat_text(_data(r.content)) == "my [REDACTED] is out again [REDACTED]."
+    _assert_no_piece_of(r.content, "s3cr3t")
+    assert r.headers[HEADER] == "PromptPatternGuard"
+
+    blocker = PromptPatternGuard(deny=[r"forbidden"], event_hook="post_call", message="No.")
+    app = LLMHookMiddleware(Streamer(_chat_stream(["this is forb", "idden"])), hooks=[blocker])
+    async with client(app) as c:
+        r = await c.post("/v1/chat/completions", json=chat("hi", stream=True))
+    assert _chat_text(_data(r.content)) == "No."
+    assert b"forb" not in r.content

@@ -1,7 +1,9 @@
-"""A moderation hook that asks any OpenAI-compatible ``/moderations`` endpoint about the request's text.
+"""A guardrail that asks any OpenAI-compatible ``/moderations`` endpoint about the request's text.
 
-The hook runs while the downstream app works (SPEC 2, 6), so a slow endpoint costs no latency unless it is
-slower than the model. Its ``timeout`` is both the hook timeout the middleware applies and a deadline on the
+It is a :class:`~asgi_llm_guard.CustomGuardrail` (``docs/guardrails.md``), ``during_call`` and on for every request
+by default: it runs while the downstream app works, so a slow endpoint costs no latency unless it is slower than
+the model. Given ``event_hook=["during_call", "post_call"]`` it checks answers too, streamed ones included.
+Its ``timeout`` is both the hook timeout the middleware applies and a deadline on the
 whole HTTP exchange (httpx's own timeouts are per connect/read/write, so a trickling answer could outlast
 them); ``fail_open`` decides what an unreachable, failing or slow endpoint means, in the hook and in the
 middleware alike: ``False`` (default) refuses the request with a 503, ``True`` lets it through and logs a
@@ -22,6 +24,7 @@ import httpx
 
 from .._types import CALL_TYPES
 from ..errors import GuardError, RejectRequest
+from ..guardrails import CustomGuardrail
 from ..text import request_texts
 
 __all__ = ["ModerationEndpointHook", "ModerationFlagged"]
@@ -41,7 +44,7 @@ class _EndpointFailed(Exception):
     pass
 
 
-class ModerationEndpointHook:
+class ModerationEndpointHook(CustomGuardrail):
     """Refuse requests that an OpenAI-compatible moderation endpoint flags.
 
     The request's texts (all of them, SPEC 2) are sent joined as one ``input``. A result counts as flagged
@@ -70,7 +73,12 @@ class ModerationEndpointHook:
         client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         call_types: Iterable[str] | None = None,
+        guardrail_name: str | None = None,
+        event_hook: Any = "during_call",
+        default_on: bool = True,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(guardrail_name=guardrail_name, event_hook=event_hook, default_on=default_on, **kwargs)
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(
                 f"base_url must be an http(s) URL such as 'https://api.openai.com/v1', not {base_url!r}"
@@ -121,13 +129,22 @@ class ModerationEndpointHook:
         self._client = client
         self._owns_client = client is None
 
+    async def apply_guardrail(
+        self, inputs: dict[str, Any], request_data: Any, input_type: str, logging_obj: Any = None
+    ) -> None:
+        """Raise :class:`ModerationFlagged` (a :class:`RejectRequest`) when the endpoint flags the texts."""
+        await self._check("\n".join(inputs.get("texts", [])))
+
     async def async_moderation_hook(
         self, data: Mapping[str, Any], user_api_key_dict: Any, call_type: str
     ) -> None:
-        """Raise :class:`ModerationFlagged` (a :class:`RejectRequest`) when the endpoint flags the request."""
+        """Raise :class:`ModerationFlagged` (a :class:`RejectRequest`) when the endpoint flags the request. (The
+        middleware calls :meth:`apply_guardrail`; this is the same check as a LiteLLM moderation hook.)"""
         if self.call_types is not None and call_type not in self.call_types:
             return
-        text = "\n".join(request_texts(data, call_type))
+        await self._check("\n".join(request_texts(data, call_type)))
+
+    async def _check(self, text: str) -> None:
         if not text.strip():
             return
         try:

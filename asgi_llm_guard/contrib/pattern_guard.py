@@ -1,12 +1,15 @@
-"""A pre-call hook that refuses or masks prompts matching regular expressions.
+"""A guardrail that refuses or masks text matching regular expressions.
 
-It reads every text of the request (:func:`asgi_llm_guard.text.request_texts`: all chat roles, content parts,
-tool-call arguments, prompts, embeddings and moderation input, Responses API input), so a denied word cannot
-slip through in a system message or a tool result.
+It is a :class:`~asgi_llm_guard.CustomGuardrail` (``docs/guardrails.md``): by default ``pre_call`` and on for
+every request, so it reads every text of the request (all chat roles, content parts, prompts, embeddings and
+moderation input, Responses API input, Anthropic messages and system) and the arguments of tool calls, and a
+denied word cannot slip through in a system message or a tool result. Given ``event_hook=["pre_call",
+"post_call"]`` it checks answers too, streamed ones included (masked in the stream, or the stream ended with the
+refusal).
 
-It is a pre-call hook only, on purpose: masking must happen before the request is forwarded, and a moderation
-hook runs while the downstream app already has the request (SPEC 2, 6). For a reject-only guard that also
-should not cost the downstream a token, the pre-call stage is the cheaper place too.
+``pre_call`` is the default on purpose: masking must happen before the request is forwarded, and a
+``during_call`` guardrail runs while the downstream app already has the request. For a reject-only guard that
+also should not cost the downstream a token, the pre-call stage is the cheaper place too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Literal
 
 from .._types import CALL_TYPES
 from ..errors import RejectRequest
+from ..guardrails import CustomGuardrail
 from ..text import request_texts, rewrite_request_texts
 
 __all__ = ["PromptPatternGuard"]
@@ -26,7 +30,7 @@ _CALL_TYPES = frozenset(CALL_TYPES)
 PatternLike = str | re.Pattern[str]
 
 
-class PromptPatternGuard:
+class PromptPatternGuard(CustomGuardrail):
     """Refuse (``action="reject"``) or mask (``action="mask"``) request text matching any ``deny`` pattern.
 
     ``allow`` patterns carve out exceptions: the spans of text they match are invisible to the ``deny``
@@ -53,7 +57,12 @@ class PromptPatternGuard:
         mask: str = "[REDACTED]",
         flags: int | re.RegexFlag = re.IGNORECASE,
         call_types: Iterable[str] | str | None = None,
+        guardrail_name: str | None = None,
+        event_hook: Any = "pre_call",
+        default_on: bool = True,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(guardrail_name=guardrail_name, event_hook=event_hook, default_on=default_on, **kwargs)
         if isinstance(flags, bool) or not isinstance(flags, int):
             raise TypeError(f"flags must be re flags such as re.IGNORECASE, not {type(flags).__name__}")
         self.deny = _compile_all(deny, "deny", int(flags))
@@ -77,10 +86,26 @@ class PromptPatternGuard:
         self.mask = mask
         self.call_types = _call_types(call_types)
 
+    async def apply_guardrail(
+        self, inputs: dict[str, Any], request_data: Any, input_type: str, logging_obj: Any = None
+    ) -> dict[str, Any] | None:
+        """Raise :class:`RejectRequest` (reject) or return the texts masked (mask); tool-call arguments in
+        ``inputs["tool_calls"]`` are checked, and masked in place, too."""
+        texts: list[str] = inputs.get("texts", [])
+        arguments = list(_argument_slots(inputs.get("tool_calls")))
+        if self.action == "reject":
+            if any(self.matches(text) for text in texts) or any(self.matches(c[k]) for c, k in arguments):
+                raise RejectRequest(self.message)
+            return None
+        for container, key in arguments:
+            container[key] = self.redact(container[key])
+        return {**inputs, "texts": [self.redact(text) for text in texts]}
+
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
     ) -> None:
-        """Raise :class:`RejectRequest` (reject) or mask ``data`` in place (mask); ``None`` keeps ``data``."""
+        """Raise :class:`RejectRequest` (reject) or mask ``data`` in place (mask); ``None`` keeps ``data``. (The
+        middleware calls :meth:`apply_guardrail`; this is the same check as a LiteLLM pre-call hook.)"""
         if self.call_types is not None and call_type not in self.call_types:
             return None
         if self.action == "mask":
@@ -133,7 +158,22 @@ class PromptPatternGuard:
 
     def __repr__(self) -> str:
         deny = [p.pattern for p in self.deny]
-        return f"{type(self).__name__}(deny={deny!r}, action={self.action!r})"
+        return f"{type(self).__name__}(deny={deny!r}, action={self.action!r}, event_hook={self.event_hook!r})"
+
+
+def _argument_slots(tool_calls: Any) -> Iterable[tuple[Any, str]]:
+    """The string arguments of tool calls as the formats spell them: chat's ``function.arguments``, the
+    Responses API's ``arguments``; Anthropic's ``tool_use`` input is an object, checked as JSON is not."""
+    if not isinstance(tool_calls, list):
+        return
+    for call in tool_calls:
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function")
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            yield function, "arguments"
+        elif isinstance(call.get("arguments"), str):
+            yield call, "arguments"
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
