@@ -164,7 +164,8 @@ class Guardrail:
             run.ran(self)
             started = time.perf_counter()
             try:
-                result = inner.invoke(arguments)
+                # a sync override runs in a worker thread, as every sync hook method does (hooks.py)
+                result = inner.invoke(arguments) if passthrough else await inner.invoke_off_loop(arguments)
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:

@@ -10,12 +10,14 @@ no-op defaults of :class:`CallHook` are never called at all, so subclassing it c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -180,13 +182,19 @@ class BoundHook:
             return self.method(*self._arguments(arguments))
         return self.method(**{parameter: arguments[source] for parameter, source in self.keywords})
 
+    def invoke_off_loop(self, arguments: Mapping[str, Any]) -> Awaitable[Any]:
+        """What awaiting the method's result gives, with a sync method run in a worker thread (see
+        :func:`_in_thread`): an async method's own coroutine, else a coroutine that waits for the thread."""
+        if self.is_async:
+            return self.invoke(arguments)  # type: ignore[no-any-return]
+        return _in_thread(self, arguments)
+
     async def call(self, arguments: Mapping[str, Any]) -> Any:
-        """Call and await the method, bounded by the hook's timeout (raises :class:`HookTimeout`)."""
+        """Call and await the method, bounded by the hook's timeout (raises :class:`HookTimeout`); a sync method
+        runs in a worker thread, so it neither blocks the event loop nor outlives its timeout for the request."""
         if self.observer is not None:
             return await self._observed(arguments, self.observer)
-        result = self.invoke(arguments)
-        if not self.is_async and not inspect.isawaitable(result):
-            return result
+        result = self.invoke(arguments) if self.is_async else _in_thread(self, arguments)
         if self.timeout is None:
             return await result
         return await _bounded(result, self)
@@ -195,9 +203,8 @@ class BoundHook:
         started = time.perf_counter()
         outcome = "error"
         try:
-            result = self.invoke(arguments)
-            if inspect.isawaitable(result):
-                result = await (result if self.timeout is None else _bounded(result, self))
+            result = self.invoke_off_loop(arguments)
+            result = await (result if self.timeout is None else _bounded(result, self))
             outcome = "ok"
             return result
         except HookTimeout:
@@ -210,6 +217,24 @@ class BoundHook:
             raise
         finally:
             observer.hook_finished(self.stage, self.name, time.perf_counter() - started, outcome)
+
+
+#: The worker threads sync hook methods run in: their own pool, not the event loop's default executor, which
+#: resolves host names (``getaddrinfo``) for every HTTP client in the process; hooks that hang must not starve it.
+#: Bounded: beyond it calls queue, and a queued call's wait counts against its hook's timeout.
+_SYNC_HOOK_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="asgi_llm_guard-hook")
+
+
+async def _in_thread(hook: BoundHook, arguments: Mapping[str, Any]) -> Any:
+    """Run a sync hook method in a worker thread (with the caller's context variables); an awaitable it returns is
+    awaited here, on the loop. A timed-out call stops being awaited, but its thread runs the method to its end:
+    threads cannot be cancelled."""
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(_SYNC_HOOK_THREADS, context.run, hook.invoke, arguments)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 if sys.version_info >= (3, 11):

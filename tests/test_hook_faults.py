@@ -7,6 +7,9 @@ Scripted ASGI (as in ``test_faults.py``), and real timing with wide gaps where t
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,9 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asgi_llm_guard import LLMHookMiddleware, UserAPIKeyAuth
 
-from .apps import Script, body_messages, chat, http_scope
+from .apps import Script, body_messages, chat, chat_chunk, http_scope, sse
 from .asgi_checks import Failures, assert_legal
-from .test_faults import JSON_STEPS, SSE_STEPS, App, drive, error_of, guard, stream_payloads
+from .servers import serve
+from .test_faults import JSON_STEPS, SSE_STEPS, START_SSE, App, body, drive, error_of, guard, stream_payloads
 
 
 async def raise_a_foreign_cancellation() -> None:
@@ -354,3 +358,154 @@ async def test_an_app_letting_an_sdk_error_escape_is_a_502() -> None:
     app, _ = guard(down)
     script = await drive(app)
     assert error_of(script, 502)["message"] == "The downstream app failed: upstream dependency error."
+
+
+# -- sync hooks run off the event loop, bounded by hook_timeout ---------------------------------------------------
+
+
+class SlowSyncPreCall:
+    """A sync pre-call hook that blocks for a second on requests asking for it (a blocking HTTP call, say)."""
+
+    def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+        if data.get("slow"):
+            time.sleep(1.0)
+        return None
+
+
+async def test_a_slow_sync_hook_times_out_and_does_not_stall_other_requests() -> None:
+    # Regression: sync hooks ran on the event loop: a 1 s hook stalled every request of the process for a second
+    # and answered 200 past its 0.2 s timeout.
+    app, failures = guard(App(JSON_STEPS), SlowSyncPreCall(), hook_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    slow_script = Script(body_messages(orjson.dumps(chat(slow=True))))
+    began = loop.time()
+    slow = asyncio.ensure_future(app(http_scope(), slow_script.receive, slow_script.send))
+    await asyncio.sleep(0.05)  # the slow hook is blocking its thread now
+    quick_script = Script(body_messages(orjson.dumps(chat())))
+    quick_began = loop.time()
+    await app(http_scope(), quick_script.receive, quick_script.send)
+    quick_took = loop.time() - quick_began
+    await slow
+    slow_took = loop.time() - began
+    assert quick_script.status == 200 and quick_took < 0.5, quick_took  # about 0.95 s when the loop is blocked
+    assert error_of(slow_script, 503)["type"] == "timeout_error"
+    assert slow_took < 0.7, slow_took  # the 0.2 s timeout, not the hook's 1 s
+    assert len(failures.exceptions) == 1
+
+
+async def test_a_slow_sync_hook_does_not_stall_a_real_server() -> None:
+    app = LLMHookMiddleware(App(JSON_STEPS), hooks=[SlowSyncPreCall()], hook_timeout=0.2)
+
+    async def health_or_guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/health":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await app(scope, receive, send)
+
+    async with serve(health_or_guarded) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        slow = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat(slow=True)))
+        await asyncio.sleep(0.05)
+        health = await client.get("/health")
+        health_took = loop.time() - began
+        answer = await slow
+        slow_took = loop.time() - began
+    assert health.status_code == 200 and health_took < 0.5, health_took
+    assert answer.status_code == 503 and answer.json()["error"]["type"] == "timeout_error"
+    assert slow_took < 0.7, slow_took
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+async def test_a_sync_hook_sees_the_requests_context_variables() -> None:
+    seen: list[tuple[str, bool]] = []
+
+    class SyncReadsContext:
+        def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+            seen.append((REQUEST_ID.get(), threading.current_thread() is threading.main_thread()))
+            return {**data, "request_id": REQUEST_ID.get()}
+
+    down = App(JSON_STEPS)
+    app, _ = guard(down, SyncReadsContext())
+
+    async def sets_the_request_id(scope: Any, receive: Any, send: Any) -> None:
+        REQUEST_ID.set("req-42")  # as a correlation-id middleware outside the guard does
+        await app(scope, receive, send)
+
+    script = await drive(sets_the_request_id)
+    assert script.status == 200
+    assert seen == [("req-42", False)]  # off the event loop's thread, with the request's context
+    assert orjson.loads(down.received or b"{}")["request_id"] == "req-42"
+
+
+class SyncEveryStage:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def async_moderation_hook(self, data: dict, user_api_key_dict: Any, call_type: str) -> None:
+        self.calls.append("moderation")
+
+    def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+        self.calls.append("post_call")
+        return {**response, "checked": True}
+
+    def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                     user_api_key_dict: Any) -> None:
+        self.calls.append("failure")
+
+    def async_post_call_complete_hook(self, request_data: dict, user_api_key_dict: Any, status_code: int) -> None:
+        self.calls.append(f"complete {status_code}")
+
+
+async def test_sync_hooks_work_at_every_stage() -> None:
+    hook = SyncEveryStage()
+    app = LLMHookMiddleware(App(JSON_STEPS), hooks=[hook], hook_timeout=5)
+    script = await drive(app)
+    assert script.status == 200 and orjson.loads(script.body)["checked"] is True
+    assert hook.calls == ["moderation", "post_call", "complete 200"]
+    hook.calls.clear()
+    broken = LLMHookMiddleware(App([("raise", ValueError("app bug"))]), hooks=[hook])
+    script = await drive(broken)
+    assert error_of(script, 500)
+    assert hook.calls == ["moderation", "failure", "complete 500"]
+
+
+class SyncChunk:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+        self.calls += 1
+        return {**response, "n": self.calls}
+
+
+class AsyncChunk(SyncChunk):
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:  # type: ignore[override]
+        self.calls += 1
+        return {**response, "n": self.calls}
+
+
+async def stream_through(hook: Any, chunks: int) -> tuple[float, Script]:
+    events = sse([chat_chunk("m", "x") for _ in range(chunks)])
+    down = App([("send", START_SSE), *[("send", body(event, True)) for event in events], ("send", body(b""))])
+    app = LLMHookMiddleware(down, hooks=[hook])
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    script = await drive(app, chat(stream=True))
+    return loop.time() - began, script
+
+
+async def test_a_sync_per_chunk_hook_sees_every_chunk_at_a_bounded_cost() -> None:
+    # A sync per-chunk hook runs in a worker thread too (hook_timeout bounds each per-chunk call): one thread hop
+    # a chunk. Measured on 2,000 chunks against the same hook written async; the bound is wide on purpose (the
+    # hop costs tens of microseconds, not milliseconds).
+    sync_hook, async_hook = SyncChunk(), AsyncChunk()
+    sync_took, script = await stream_through(sync_hook, 2000)
+    async_took, _ = await stream_through(async_hook, 2000)
+    payloads = stream_payloads(script.body)
+    assert [p["n"] for p in payloads[:-1]] == list(range(1, 2001)) and payloads[-1] == "[DONE]"
+    assert sync_hook.calls == 2000
+    assert sync_took / 2000 < 0.002, (sync_took, async_took)
