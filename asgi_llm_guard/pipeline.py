@@ -1,16 +1,26 @@
 """The response side of a guarded request: what the downstream app sends, on its way to the client.
 
-The app gets :meth:`ResponsePipeline.send`. Each response takes one of four paths, chosen at
-``http.response.start`` from its status and content type and from which hooks exist, so a response no hook
-needs is forwarded as it comes (no copy, no parse, no buffer):
+The app gets :meth:`ResponsePipeline.send`. Each response takes one of these paths, chosen from its status, from
+which hooks exist and, when a hook must read the answer, from what the body is, so a response no hook needs is
+forwarded as it comes (no copy, no parse, no buffer):
 
 - *pass*: forwarded unchanged.
 - *success*: a 2xx JSON body with post-call success hooks: collected, parsed, hooked, re-serialised with a
   matching ``content-length``.
+- *text*: a 2xx plain-text answer where the API has one (an audio transcription with ``response_format=text``,
+  ``srt`` or ``vtt``) with post-call success hooks: they see ``{"text": …}``, and the text they leave goes out.
 - *upstream error*: a status >= 400 with failure hooks: collected so the hooks see it (as :class:`UpstreamError`)
   and may replace it.
-- *stream*: ``text/event-stream`` with streaming hooks: parsed incrementally and rewritten (see ``streaming.py``);
-  the start is held until the first rewritten bytes, so a hook failing on the first chunk still gets a real status.
+- *stream*: an event stream with streaming hooks: parsed incrementally and rewritten (see ``streaming.py``); the
+  start is held until the first rewritten bytes, so a hook failing on the first chunk still gets a real status.
+
+Which path a 2xx answer takes is not read from its content type when a hook must see it: the ``openai`` SDK parses
+a JSON body whatever its label (``text/plain``, none, a BOM first) and an event stream whatever its label, so the
+start is held until the body's first bytes say what it is (``{``/``[``: JSON; a field or comment line: an event
+stream). An answer a post-call hook must see and cannot (neither JSON nor text it can have, compressed in a way we
+cannot read) is replaced by a 502 error, never delivered unchecked (docs/reference.md, "Responses the hooks cannot
+read"). JSON that orjson refuses (``NaN``, ``-Infinity``, which Python's ``json`` writes) is read by
+``lenient_json`` and written back the same way.
 
 While moderation hooks run in parallel with the app, everything it sends is held, in order, and released only
 when they all pass (SPEC 6). Held, but bounded: once the bodies held reach :data:`HOLD_LIMIT` bytes (1 MiB), the
@@ -32,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from . import lenient_json
 from ._types import Message, Send
 from .call import CallState
 from .errors import GuardError, Halt, RejectRequest, ResponseClosed, UpstreamError, as_error, log_exception
@@ -40,7 +51,12 @@ from .streaming import StreamRewriter
 
 logger = logging.getLogger("asgi_llm_guard")
 
-_PASS, _SUCCESS, _UPSTREAM_ERROR, _STREAM = range(4)
+_PASS, _SUCCESS, _UPSTREAM_ERROR, _STREAM, _SNIFF, _TEXT = range(6)
+#: What a body's first bytes say it is (``_sniff``).
+_JSON, _SSE, _OTHER, _EMPTY = range(4)
+#: The SSE field names a stream's first line may carry (a compliant client reads any of them, `:` starts a comment).
+_SSE_FIELDS = (b"data", b"event", b"id", b"retry")
+_SNIFF_BYTES = 16  # enough to tell `retry:` from a word; the rest of the body is never looked at here
 
 #: Body bytes held while moderation runs before the app's ``send`` waits for moderation to pass.
 HOLD_LIMIT = 1024 * 1024
@@ -51,11 +67,6 @@ def _content_type(start: Message) -> bytes:
         if name.lower() == b"content-type":
             return bytes(value)
     return b""
-
-
-def _is_json(content_type: bytes) -> bool:
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or media.endswith(b"+json")
 
 
 def _is_sse(content_type: bytes) -> bool:
@@ -83,7 +94,7 @@ class ResponsePipeline:
     __slots__ = (
         "call", "client_send", "status", "started", "done", "_passing", "_app_started", "_app_done", "_held",
         "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream", "_feed", "_last_body",
-        "_trailers_sent", "_held_bytes", "_hold_limit", "_resume", "_dropped",
+        "_trailers_sent", "_held_bytes", "_hold_limit", "_resume", "_dropped", "_head",
     )
 
     def __init__(self, call: CallState, send: Send) -> None:
@@ -109,6 +120,7 @@ class ResponsePipeline:
         self._feed: Callable[[bytes, bool], Awaitable[None]] | None = None  # the rewriter's, while it takes chunks
         self._last_body: Message | None = None  # the last body message that went out as the app sent it
         self._trailers_sent = False  # the final http.response.trailers went to the client
+        self._head: bytes | None = None  # while sniffing: the body's first bytes, BOM and leading whitespace dropped
 
     # -- to the client -----------------------------------------------------------------------------------
 
@@ -299,8 +311,13 @@ class ResponsePipeline:
                 return
             if body:
                 self._chunks.append(body)
+            if mode == _SNIFF:
+                kind = self._sniff(body, more)
+                if kind is not None:
+                    await self._sniffed(kind, more)
+                return
             if not more:
-                if mode == _SUCCESS:
+                if mode == _SUCCESS or mode == _TEXT:
                     await self._finish_success()
                 else:
                     await self._finish_upstream_error()
@@ -337,21 +354,106 @@ class ResponsePipeline:
             if hooks.failure:
                 self._mode, self._start = _UPSTREAM_ERROR, message
                 return
-        elif hooks.touches_response:
-            content_type = _content_type(message)
-            if _is_sse(content_type):
-                if hooks.streaming or hooks.streaming_iterator:
-                    headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"content-length"]
-                    self._mode, self._start = _STREAM, {**message, "headers": headers}
-                    self.stream = StreamRewriter(self.call, self)
-                    if self._held is None:
-                        self._feed = self.stream.feed
+        elif hooks.touches_response and 200 <= status < 300:
+            streaming = hooks.streaming or hooks.streaming_iterator
+            if streaming and self.call.requested.stream:
+                # The client reads the answer as an event stream whatever it is labelled (SPEC 6).
+                if not _identity(message):
+                    await self._unreadable("it is a compressed stream", "streaming")
                     return
-            elif hooks.success and 200 <= status < 300 and _is_json(content_type):
-                self._mode, self._start = _SUCCESS, message
+                self._stream(message)
+                return
+            if not streaming and self.call.requested.stream and _is_sse(_content_type(message)):
+                pass  # the stream the client asked for, and no streaming hook: success hooks read no streams
+            elif not _identity(message):
+                if hooks.success:
+                    self._mode, self._start = _SUCCESS, message  # decoded as a whole, or a 502 (_finish_success)
+                    return
+            else:
+                self._mode, self._start, self._head = _SNIFF, message, None
                 return
         await self.emit(message)
         self._passing = self._held is None
+
+    def _stream(self, start: Message) -> None:
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
+        self._mode, self._start = _STREAM, {**start, "headers": headers}
+        self.stream = StreamRewriter(self.call, self)
+        if self._held is None:
+            self._feed = self.stream.feed
+
+    def _sniff(self, body: bytes, more: bool) -> int | None:
+        """What the body is, from its first bytes (BOM and whitespace skipped); ``None`` until they tell."""
+        head = body[:_SNIFF_BYTES] if self._head is None else self._head + body[:_SNIFF_BYTES]
+        if self._head is None or self._head.startswith(lenient_json.BOM[:1]):
+            if more and len(head) < 3 and lenient_json.BOM.startswith(head):
+                self._head = head  # maybe a BOM split across messages
+                return None
+            if head.startswith(lenient_json.BOM):
+                head = head[3:]
+        head = head.lstrip(b" \t\r\n")
+        self._head = head
+        if not head:
+            return None if more else _EMPTY
+        first = head[0]
+        if first == 0x7B or first == 0x5B:  # { or [
+            return _JSON
+        if first == 0x3A:  # a comment line
+            return _SSE
+        for name in _SSE_FIELDS:
+            if head.startswith(name):
+                after = head[len(name) : len(name) + 1]
+                if after in (b":", b"\n", b"\r"):
+                    return _SSE
+                if not after and more:
+                    return None  # `data` so far
+            elif more and name.startswith(head):
+                return None  # `da` so far
+        return _OTHER
+
+    async def _sniffed(self, kind: int, more: bool) -> None:
+        """Take the path the body's first bytes chose, and send it what came so far."""
+        call = self.call
+        hooks = call.hooks
+        streaming = hooks.streaming or hooks.streaming_iterator
+        self._head = None
+        if kind == _JSON and hooks.success:
+            self._mode = _SUCCESS
+        elif kind == _OTHER and hooks.success and not call.requested.stream:
+            if not call.wire.answers_text:
+                await self._unreadable("it is not JSON", "post_call")
+                return
+            self._mode = _TEXT
+        elif (kind == _SSE or kind == _OTHER) and streaming:
+            assert self._start is not None
+            # An event stream, or bytes a client reading one would search for events: the parser finds every
+            # event a client would, and forwards the rest as it came.
+            self._stream(self._start)
+            chunks, self._chunks = self._chunks, []
+            assert self.stream is not None
+            await self.stream.feed(b"".join(chunks), more)
+            return
+        else:
+            chunks, self._chunks = self._chunks, []
+            self._mode = _PASS
+            await self.emit_start()
+            await self.emit({"type": "http.response.body", "body": b"".join(chunks), "more_body": more})
+            self._passing = self._held is None and not self.done
+            return
+        if not more:
+            await self._finish_success()
+
+    async def _unreadable(self, why: str, stage: str) -> None:
+        """The answer is one a hook must see and cannot: the client gets a 502, never the answer unchecked."""
+        self._chunks = []
+        self._start = None
+        self._head = None
+        self._mode = _PASS
+        error = GuardError(
+            502, f"The downstream app's response could not be checked ({why}).", stage=stage
+        )
+        logger.error("%s hooks could not read the downstream response (%s): answered 502", stage, why)
+        await self.fail(error, error)
 
     # -- buffered endings --------------------------------------------------------------------------------
 
@@ -372,14 +474,34 @@ class ResponsePipeline:
             if name.lower() == b"content-encoding":
                 encoding = value
         decoded = _decode(raw, encoding)
-        try:
-            parsed = orjson.loads(decoded) if decoded is not None else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, (dict, list)):
-            logger.warning("post_call hooks skipped: the downstream JSON response could not be decoded")
-            await self._emit_held(raw)
+        if decoded is None:
+            await self._unreadable("its content-encoding could not be decoded", "post_call")
             return
+        lenient = text = False
+        parsed: Any = None
+        if self._mode == _TEXT:
+            try:
+                parsed = {"text": decoded.decode("utf-8-sig")}
+                text = True
+            except UnicodeDecodeError:
+                await self._unreadable("it is neither JSON nor UTF-8 text", "post_call")
+                return
+        else:
+            try:
+                parsed = orjson.loads(decoded)
+            except orjson.JSONDecodeError:
+                try:
+                    parsed, lenient = lenient_json.loads(decoded), True
+                except ValueError:
+                    parsed = None
+            if not isinstance(parsed, (dict, list)):
+                if self.call.wire.answers_text and not self.call.requested.stream:
+                    self._mode = _TEXT
+                    self._chunks = [decoded]
+                    await self._finish_success()
+                    return
+                await self._unreadable("it is not a JSON object or array", "post_call")
+                return
         call = self.call
         response: Any = parsed
         for hook in call.hooks.success:
@@ -396,7 +518,10 @@ class ResponsePipeline:
                 return
             response = _as_json_value(result)  # a value orjson cannot write is that hook's 500, below
         try:
-            body = orjson.dumps(response)
+            if text:
+                body = _as_text(response)
+            else:
+                body = lenient_json.dumps(response) if lenient else orjson.dumps(response)
         except TypeError as exc:
             stop = call.unencodable(exc, call.hooks.success, "post_call")
             await self.fail(stop.outcome, stop.original)
@@ -525,6 +650,24 @@ def _with_header(start: Message, header: tuple[bytes, bytes] | None) -> Message:
     headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != header[0]]
     headers.append(header)
     return {**start, "headers": headers}
+
+
+def _as_text(response: Any) -> bytes:
+    """A plain-text answer after its hooks: the ``text`` they left (in place or in what they returned)."""
+    text = response.get("text") if isinstance(response, dict) else None
+    if isinstance(text, str):
+        return text.encode()
+    if isinstance(response, str):
+        return response.encode()
+    raise TypeError(f"a text answer's hooks must leave {{'text': str}}, not {type(response).__name__}")
+
+
+def _identity(start: Message) -> bool:
+    """The body is not compressed (hooks can read it as it comes)."""
+    for name, value in start.get("headers", ()):
+        if name.lower() == b"content-encoding":
+            return value.strip().lower() in (b"", b"identity")
+    return True
 
 
 def _as_json_value(result: Any) -> Any:

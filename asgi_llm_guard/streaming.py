@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from . import lenient_json
 from ._types import Message
 from .call import CallState
 from .errors import GuardError, Halt, RejectRequest, ResponseClosed, as_error
@@ -81,6 +82,7 @@ class StreamRewriter:
         self._generators: list[Any] = []  # the iterator chain, to close when the stream ends
         self._done_event: bytes | None = None
         self._source_ended = False  # the iterator chain read the app's stream to its end
+        self.lenient = False  # a chunk needed lenient_json: chunks are written back with it
         self.saw_done = False  # the app sent its [DONE]: its stream is whole
         self.done_sent = False  # the app's [DONE] went out: the stream is over for the client, whatever follows
         #: Per-chunk hooks only, on a stream whose events need no bookkeeping: :meth:`feed` may take its fast path.
@@ -188,7 +190,12 @@ class StreamRewriter:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return None
+            # NaN or -Infinity (Python's json writes them, the openai SDK reads them): still the hooks' to see.
+            try:
+                chunk = lenient_json.loads(data)
+            except ValueError:
+                return None
+            self.lenient = True
         if not isinstance(chunk, dict):
             return None
         if self.first is None:
@@ -221,7 +228,15 @@ class StreamRewriter:
 
     def _encode(self, chunk: dict[str, Any], event: SSEEvent | None) -> bytes:
         try:
-            if event is None:
+            if self.lenient:  # the stream has NaN or infinities: written back as the app wrote them
+                name = chunk.get("type") if self.named and event is None else None
+                encoded = encode_event(
+                    lenient_json.dumps(chunk),
+                    event=event.event if event is not None else name if isinstance(name, str) else None,
+                    id=event.id if event is not None else None,
+                    retry=event.retry if event is not None else None,
+                )
+            elif event is None:
                 name = chunk.get("type") if self.named else None
                 encoded = encode_json(chunk, event=name if isinstance(name, str) else None)
             elif event.event is None and event.id is None and event.retry is None:  # a plain `data:` event

@@ -104,7 +104,17 @@ async def test_broken_success_hook_is_a_500_naming_it(action: str) -> None:
     assert response.json()["error"]["message"] == "post_call hook Success failed"
 
 
-async def test_success_hooks_skip_streams_and_non_json() -> None:
+async def test_success_hooks_skip_streams() -> None:
+    hook = Success("replace")
+    app, _ = guarded(hook)
+    async with client(app) as c:
+        streamed = await c.post("/v1/chat/completions", json=chat(stream=True))
+    assert b"REPLACED" not in streamed.content
+    assert hook.calls == []
+
+
+async def test_a_non_json_answer_a_success_hook_cannot_read_is_a_502_not_passed_unchecked() -> None:
+    """Was: image bytes went to the client past the success hook (tests/test_output_checked.py has the rest)."""
     hook = Success("replace")
 
     async def image(scope: Any, receive: Any, send: Any) -> None:
@@ -115,11 +125,8 @@ async def test_success_hooks_skip_streams_and_non_json() -> None:
     app = LLMHookMiddleware(image, hooks=[hook])
     async with client(app) as c:
         response = await c.post("/v1/images/generations", json={"prompt": "x"})
-    assert response.content == b"\x89PNG"
-    app2, _ = guarded(hook)
-    async with client(app2) as c:
-        streamed = await c.post("/v1/chat/completions", json=chat(stream=True))
-    assert b"REPLACED" not in streamed.content
+    assert response.status_code == 502
+    assert b"PNG" not in response.content
     assert hook.calls == []
 
 

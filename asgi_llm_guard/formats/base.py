@@ -105,6 +105,9 @@ class WireFormat:
     ends_with_done = False
     #: Whether the route also takes ``multipart/form-data`` bodies (audio uploads).
     accepts_multipart = False
+    #: Whether the API answers plain text when asked (a transcription's ``response_format`` ``text``, ``srt``,
+    #: ``vtt``): post-call hooks then see it as ``{"text": …}``; any other answer they cannot read is a 502.
+    answers_text = False
 
     def __init__(self, call_type: str) -> None:
         self.call_type = call_type

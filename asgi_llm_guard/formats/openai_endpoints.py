@@ -26,6 +26,7 @@ class OpenAIPromptEndpoint(WireFormat):
     def __init__(self, call_type: str, *, multipart: bool = False) -> None:
         super().__init__(call_type)
         self.accepts_multipart = multipart
+        self.answers_text = multipart  # the audio endpoints: response_format text, srt or vtt
 
     def _request_slots(self, data: Mapping[str, Any]) -> Iterator[TextSlot]:
         return prompt_slots(data)
