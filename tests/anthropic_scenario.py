@@ -1,0 +1,179 @@
+"""The guarded Anthropic Messages app both SDK test modules speak to (``test_anthropic_sdk.py`` with the Python
+SDK, ``test_anthropic_node_sdk.py`` with the npm one): a downstream app answering as Anthropic does, behind the
+middleware with a ``Scenario`` hook whose behaviour the last user message chooses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+from starlette.exceptions import HTTPException
+
+from asgi_llm_guard import CallHook, LLMHookMiddleware, RejectRequest
+
+MODEL = "claude-test"
+USER = "end-user-1"
+SYSTEM = "Be kind."  # what the pre-call hook adds: the app must receive it
+DELTAS = ["Hello", " there", ",", " friend."]
+ANSWER = "".join(DELTAS)
+HOOK_TIMEOUT = 1.0  # a slow hook sleeps far longer than this; a fast one takes microseconds
+MAX_BODY = 64 * 1024
+
+REFUSED_PRE_CALL = "Refused before the model."
+REFUSED_MODERATION = "Refused by moderation."
+REFUSED_POST_CALL = "Refused after the model."
+REFUSED_STREAMING = "Refused while streaming."
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+               503: "api_error"}
+SDK_ERRORS: dict[int, type[anthropic.APIStatusError]] = {
+    400: anthropic.BadRequestError, 401: anthropic.AuthenticationError, 403: anthropic.PermissionDeniedError,
+    404: anthropic.NotFoundError, 413: anthropic.ContentTooLargeError, 429: anthropic.RateLimitError,
+    500: anthropic.InternalServerError, 503: anthropic.ServiceUnavailableError,
+}
+
+
+def prompt_of(data: dict[str, Any]) -> str:
+    content = data["messages"][-1]["content"]
+    return content if isinstance(content, str) else " ".join(block["text"] for block in content)
+
+
+class Scenario(CallHook):
+    """Does what the last user message says:
+
+    - ``refuse``: the pre-call hook returns a refusal string;
+    - ``moderate``: the moderation hook raises ``RejectRequest``;
+    - ``refuse after``: the post-call success hook raises ``RejectRequest`` (a JSON answer only);
+    - ``refuse at start`` / ``refuse mid-stream``: the per-chunk hook raises ``RejectRequest`` on
+      ``message_start`` (nothing sent yet) / on the second text delta (the first went out);
+    - ``status N`` / ``status N mid-stream``: an ``HTTPException(N)`` (429 with ``Retry-After``) from the pre-call
+      hook / the per-chunk hook on the second text delta;
+    - ``slow`` / ``slow mid-stream``: the pre-call hook / the per-chunk hook on the second delta outlasts
+      ``hook_timeout``;
+    - ``bug``: the pre-call hook raises ``ValueError``;
+    - ``shout``: the per-chunk hook upper-cases every text delta;
+    - anything else: the request goes through, with a system prompt added.
+    """
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
+    ) -> Any:
+        assert call_type == "anthropic_messages"
+        prompt = prompt_of(data)
+        user_api_key_dict.metadata["prompt"] = prompt  # request-scoped: the per-chunk hook sees no request data
+        words = prompt.split()
+        if prompt == "refuse":
+            return REFUSED_PRE_CALL
+        if words[0] == "status" and len(words) == 2:
+            raise status_error(int(words[1]))
+        if prompt == "slow":
+            await asyncio.sleep(30)
+        if prompt == "bug":
+            raise ValueError("a bug in the hook")
+        data["system"] = SYSTEM
+        return data
+
+    async def async_moderation_hook(self, data: dict[str, Any], user_api_key_dict: Any, call_type: str) -> None:
+        if prompt_of(data) == "moderate":
+            raise RejectRequest(REFUSED_MODERATION)
+
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
+        if prompt_of(data) == "refuse after":
+            raise RejectRequest(REFUSED_POST_CALL)
+        return None
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: Any) -> Any:
+        notes = user_api_key_dict.metadata
+        prompt = notes["prompt"]
+        if response.get("type") == "message_start" and prompt == "refuse at start":
+            raise RejectRequest(REFUSED_STREAMING)
+        if response.get("type") != "content_block_delta":
+            return None
+        notes["deltas"] = notes.get("deltas", 0) + 1
+        if notes["deltas"] == 2:
+            if prompt == "refuse mid-stream":
+                raise RejectRequest(REFUSED_STREAMING)
+            if prompt.startswith("status ") and prompt.endswith(" mid-stream"):
+                raise status_error(int(prompt.split()[1]))
+            if prompt == "slow mid-stream":
+                await asyncio.sleep(30)
+        if prompt == "shout":
+            delta = response["delta"]
+            return {**response, "delta": {**delta, "text": delta["text"].upper()}}
+        return None
+
+
+def status_error(status: int) -> HTTPException:
+    headers = {"Retry-After": "7"} if status == 429 else None
+    return HTTPException(status, detail=f"Stopped with {status}.", headers=headers)
+
+
+@dataclass
+class Model:
+    """The downstream app: answers ``/v1/messages`` with ``ANSWER`` as Anthropic does, and records each body."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        data = json.loads(body)
+        self.received.append(data)
+        message = {"id": "msg_down", "type": "message", "role": "assistant", "model": data["model"],
+                   "content": [], "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": 3, "output_tokens": 1}}
+        if data.get("stream") is not True:
+            answer = {**message, "content": [{"type": "text", "text": ANSWER}], "stop_reason": "end_turn",
+                      "usage": {"input_tokens": 3, "output_tokens": 4}}
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        for event in stream_events(message):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def stream_events(message: dict[str, Any]) -> list[bytes]:
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+          for text in DELTAS),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": 4}},
+        {"type": "message_stop"},
+    ]
+    return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+
+
+def guarded_app() -> tuple[Any, Model]:
+    model = Model()
+    app = LLMHookMiddleware(model, hooks=[Scenario()], enforce_user_param=True, hook_timeout=HOOK_TIMEOUT,
+                            max_body_bytes=MAX_BODY)
+    return app, model
+
+
+@dataclass
+class Server:
+    base_url: str
+    model: Model
+
+
+def request(prompt: str, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "max_tokens": 64, "metadata": {"user_id": USER},
+            "messages": [{"role": "user", "content": prompt}], **extra}
