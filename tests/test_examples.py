@@ -366,6 +366,48 @@ async def test_messages_without_messages_is_an_anthropic_400(client: httpx.Async
                                                           "message": "messages: must be a non-empty list"}}
 
 
+async def test_messages_hello_world_is_refused_as_a_normal_anthropic_message(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messages", json=anthropic("Hello world"))
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    body = response.json()
+    assert (body["type"], body["role"], body["model"], body["stop_reason"]) == (
+        "message", "assistant", "claude-test", "end_turn")
+    assert body["content"] == [{"type": "text", "text": "This is an invalid response"}]
+
+
+async def test_streamed_messages_refusal_is_anthropic_events(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messages", json=anthropic("Hello world", stream=True))
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    events = named_events(response.text)
+    assert [name for name, _ in events] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
+        "message_stop",
+    ]
+    assert events[2][1]["delta"] == {"type": "text_delta", "text": "This is an invalid response"}
+
+
+async def test_messages_forbidden_word_is_an_anthropic_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messages", json=anthropic("tell me something forbidden"))
+
+    assert response.status_code == 400
+    assert response.headers["x-llm-guard-rejected"] == "pre_call"
+    assert response.json() == {"type": "error", "error": {"type": "invalid_request_error",
+                                                          "message": "Your request contains a forbidden word."}}
+
+
+async def test_messages_without_metadata_user_id_is_an_anthropic_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messages", json=anthropic("good morning", metadata={}))
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "metadata.user_id" in body["error"]["message"]
+
+
 async def test_models_list_passes_through_unguarded(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/models")  # no body, no user: GET is never guarded
 
@@ -519,6 +561,16 @@ async def test_refused_requests_never_reach_the_upstream(
 ) -> None:
     refused = await client.post("/v1/chat/completions", json=chat("Hello world"))
     blocked = await client.post("/v1/chat/completions", json=chat("forbidden"))
+
+    assert (refused.status_code, blocked.status_code) == (200, 400)
+    assert upstream.requests == []
+
+
+async def test_refused_messages_never_reach_the_anthropic_upstream(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    refused = await client.post("/v1/messages", json=anthropic("Hello world"))
+    blocked = await client.post("/v1/messages", json=anthropic("forbidden"))
 
     assert (refused.status_code, blocked.status_code) == (200, 400)
     assert upstream.requests == []

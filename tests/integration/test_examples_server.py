@@ -196,6 +196,22 @@ async def test_messages_stream_helper(claude: anthropic.AsyncAnthropic) -> None:
     assert final.stop_reason == "end_turn"
 
 
+async def test_messages_refusal_parses_through_the_stream_helper(claude: anthropic.AsyncAnthropic) -> None:
+    async with claude.messages.stream(**said("Hello world")) as stream:
+        final = await stream.get_final_message()
+
+    assert final.content[0].type == "text" and final.content[0].text == "This is an invalid response"
+    assert final.model == "claude-test"
+
+
+async def test_messages_forbidden_raises_bad_request(claude: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await claude.messages.create(**said("forbidden"))
+
+    assert caught.value.body == {"type": "error", "error": {"type": "invalid_request_error",
+                                                            "message": "Your request contains a forbidden word."}}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
