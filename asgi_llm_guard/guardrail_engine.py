@@ -22,6 +22,7 @@ header) and which decisions were recorded, so that a selected guardrail that nev
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -49,6 +50,20 @@ from .observe import Observer
 logger = logging.getLogger("asgi_llm_guard")
 
 HEADER = b"x-llm-guard-applied-guardrails"
+#: The identity of the request a guardrail runs for (``apply_guardrail`` has LiteLLM's signature, which has no
+#: place for it); set per request, only when guardrails are configured.
+_CURRENT_USER: contextvars.ContextVar[Any] = contextvars.ContextVar("asgi_llm_guard_user", default=None)
+
+
+def current_user() -> Any:
+    """The ``UserAPIKeyAuth`` of the request a guardrail is running for (``None`` outside one)::
+
+        async def apply_guardrail(self, inputs, request_data, input_type, logging_obj=None):
+            user = current_user()
+            if user is not None and user.team_id == "trusted":
+                return None
+    """
+    return _CURRENT_USER.get()
 _BLOCKING_MODES = ("pre_call", "during_call", "post_call")
 #: Call hooks of a guardrail that does not use ``apply_guardrail``, and the mode that gates each.
 _GATED = {
@@ -485,7 +500,9 @@ class GuardrailRun:
 
     __slots__ = ("engine", "call_type", "data", "requested", "applied", "recorded", "_selected")
 
-    def __init__(self, engine: GuardrailEngine, data: dict[str, Any], metadata: Any, call_type: str) -> None:
+    def __init__(self, engine: GuardrailEngine, data: dict[str, Any], user: Any, call_type: str) -> None:
+        _CURRENT_USER.set(user)
+        metadata = getattr(user, "metadata", None)
         self.engine = engine
         self.call_type = call_type
         self.data = data
@@ -563,8 +580,8 @@ class GuardrailEngine:
         self.guardrails.append(guardrail)
         return guardrail.bind()
 
-    def start(self, data: dict[str, Any], metadata: Any, call_type: str) -> GuardrailRun:
-        return GuardrailRun(self, data, metadata, call_type)
+    def start(self, data: dict[str, Any], user: Any, call_type: str) -> GuardrailRun:
+        return GuardrailRun(self, data, user, call_type)
 
 
 def strip_guardrail_fields(data: dict[str, Any]) -> None:

@@ -374,7 +374,7 @@ class GuardedCall(CallState):
                 }
                 if self.guard.guardrails is not None:
                     self.guardrail_run = self.args["guardrail_run"] = self.guard.guardrails.start(
-                        self.data, self.user.metadata, self.call_type
+                        self.data, self.user, self.call_type
                     )
                 refused = await self._pre_call() if self.hooks.pre_call else None
                 if refused is not None:

@@ -5,20 +5,22 @@
     hooks = [PromptPatternGuard(deny=[r"\\bforbidden\\b"]), ModerationEndpointHook(),
              ParallelRequestLimiter(max_parallel_requests=5, rpm_limit=60, per="key")]
 
-- ``PromptPatternGuard``: refuse or mask prompts matching regular expressions (pre-call).
-- ``ModerationEndpointHook``: an OpenAI-compatible ``/moderations`` endpoint as a moderation hook.
+- ``PromptPatternGuard``: refuse or mask text matching regular expressions (a guardrail, pre-call by default).
+- ``ModerationEndpointHook``: an OpenAI-compatible ``/moderations`` endpoint (a guardrail, during-call by default).
+- ``GenericGuardrailAPI``: any guard service speaking LiteLLM's Generic Guardrail API, as a guardrail.
 - ``ParallelRequestLimiter``: parallel, per-minute request and token limits, shared through the ``DualCache``.
 - ``PrometheusObserver``: Prometheus metrics (``asgi-llm-guard[prometheus]``), imported on first use.
 """
 
 from typing import Any
 
+from .generic_guardrail_api import GenericGuardrailAPI
 from .limiter import LimiterObserver, ParallelRequestLimiter
 from .moderation_endpoint import ModerationEndpointHook
 from .pattern_guard import PromptPatternGuard
 
-__all__ = ["LimiterObserver", "ModerationEndpointHook", "ParallelRequestLimiter", "PrometheusObserver",
-           "PromptPatternGuard"]
+__all__ = ["GenericGuardrailAPI", "LimiterObserver", "ModerationEndpointHook", "ParallelRequestLimiter",
+           "PrometheusObserver", "PromptPatternGuard"]
 
 
 def __getattr__(name: str) -> Any:
