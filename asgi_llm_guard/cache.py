@@ -45,7 +45,7 @@ import asyncio
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from time import monotonic
 from types import TracebackType
 from typing import Any, Literal
@@ -402,6 +402,8 @@ class DualCache:
         redis_timeout: float = 1.0,
         redis_max_connections: int | None = None,
         redis_pool_timeout: float = 5.0,
+        default_in_memory_ttl: float | None = None,
+        default_redis_ttl: float | None = None,
     ) -> None:
         if not isinstance(max_size, int) or isinstance(max_size, bool):
             raise TypeError(
@@ -449,6 +451,21 @@ class DualCache:
         if redis_url is not None and (not isinstance(redis_url, str) or not redis_url):
             raise TypeError("redis_url must be a non-empty str such as 'redis://localhost:6379/0'")
 
+        # LiteLLM's names (its hooks build DualCache(default_in_memory_ttl=...)): without Redis the in-memory TTL is
+        # the default TTL; with Redis it is how long a value is served from memory (local_ttl), and the Redis TTL
+        # is the default TTL of writes.
+        in_memory_ttl = _check_ttl(default_in_memory_ttl, "default_in_memory_ttl")
+        redis_ttl = _check_ttl(default_redis_ttl, "default_redis_ttl")
+        self.default_in_memory_ttl = in_memory_ttl
+        self.default_redis_ttl = redis_ttl
+        if redis_url is None and redis is None:
+            if self._default_ttl is None:
+                self._default_ttl = in_memory_ttl
+        else:
+            if in_memory_ttl is not None:
+                local_ttl = in_memory_ttl
+            if self._default_ttl is None:
+                self._default_ttl = redis_ttl
         self._memory = _Memory(max_size)
         self._max_size = max_size
         self._redis_failure: RedisFailure = redis_failure
@@ -687,15 +704,18 @@ class DualCache:
             return
         self._redis_ok()
 
-    async def async_batch_get_cache(self, keys: Iterable[str], **kwargs: Any) -> list[Any]:
-        """The values of ``keys``, in order, with ``None`` for each missing key (one Redis round trip)."""
-        key_list = [_check_key(k) for k in keys]
+    async def async_batch_get_cache(self, keys: Iterable[str | None], **kwargs: Any) -> list[Any]:
+        """The values of ``keys``, in order, with ``None`` for each missing key (one Redis round trip). A ``None``
+        in ``keys`` reads as a miss, as in LiteLLM (its limiter asks for the keys of identities it lacks)."""
+        key_list = [k if k is None else _check_key(k) for k in keys]
         now = monotonic()
         if self._redis is None or kwargs.get("local_only"):
-            return [self._memory.get(k, now) for k in key_list]
+            return [None if k is None else self._memory.get(k, now) for k in key_list]
         results: list[Any] = [None] * len(key_list)
         remote: list[int] = []
         for i, key in enumerate(key_list):
+            if key is None:
+                continue
             entry = self._memory.entry(key, now)
             if entry is not None and entry.fresh_until > now:
                 results[i] = entry.value
@@ -706,17 +726,80 @@ class DualCache:
         self._check_open()
         try:
             async with self._slots:
-                raws = await self._redis.mget([self._namespace + key_list[i] for i in remote])
+                raws = await self._redis.mget([self._namespace + str(key_list[i]) for i in remote])
         except self._redis_errors as exc:
             self._redis_failed("async_batch_get_cache", exc)
             now = monotonic()
             for i in remote:
-                results[i] = self._memory.get(key_list[i], now)
+                results[i] = self._memory.get(str(key_list[i]), now)
             return results
         self._redis_ok()
         for i, raw in zip(remote, raws, strict=True):
             results[i] = None if raw is None else _decode(raw)
         return results
+
+    async def async_set_cache_pipeline(
+        self, cache_list: Iterable[tuple[str, Any]], ttl: float | None = None, **kwargs: Any
+    ) -> None:
+        """LiteLLM's name for :meth:`async_batch_set_cache`."""
+        await self.async_batch_set_cache(cache_list, ttl, **kwargs)
+
+    async def async_increment_cache_pipeline(
+        self, increment_list: Iterable[Mapping[str, Any]], **kwargs: Any
+    ) -> list[Number]:
+        """LiteLLM's batch increment: each ``{"key", "increment_value", "ttl"}`` is one atomic
+        :meth:`async_increment_cache`; returns the new values in order."""
+        local_only = bool(kwargs.get("local_only"))
+        return [
+            await self.async_increment_cache(
+                operation["key"], operation["increment_value"], operation.get("ttl"), local_only=local_only
+            )
+            for operation in increment_list
+        ]
+
+    async def async_set_cache_sadd(
+        self, key: str, value: Iterable[Any], ttl: float | None = None, **kwargs: Any
+    ) -> None:
+        """Add the members of ``value`` to the set under ``key`` (LiteLLM's ``SADD``); read it with
+        :meth:`async_get_set_members`. ``ttl`` (default: ``default_ttl``) is the set's expiry."""
+        _check_key(key)
+        members = list(value)
+        seconds = self._ttl(ttl)
+        if self._redis is None or kwargs.get("local_only"):
+            now = monotonic()
+            current = self._memory.get(key, now)
+            merged = (set(current) if isinstance(current, (set, frozenset)) else set()) | set(members)
+            self._memory.put(key, merged, self._expiry(seconds, now))
+            return
+        if not members:
+            return
+        self._check_open()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(self._namespace + key, *members)
+                if seconds is not None:
+                    pipe.pexpire(self._namespace + key, _ms(seconds))
+                await pipe.execute()
+        except self._redis_errors as exc:
+            self._redis_failed("async_set_cache_sadd", exc)
+            await self.async_set_cache_sadd(key, members, ttl, local_only=True)
+            return
+        self._redis_ok()
+
+    async def async_get_set_members(self, key: str, **kwargs: Any) -> set[Any]:
+        """The members of the set :meth:`async_set_cache_sadd` built under ``key`` (empty when missing)."""
+        _check_key(key)
+        if self._redis is None or kwargs.get("local_only"):
+            current = self._memory.get(key, monotonic())
+            return set(current) if isinstance(current, (set, frozenset)) else set()
+        self._check_open()
+        try:
+            raw = await self._redis.smembers(self._namespace + key)
+        except self._redis_errors as exc:
+            self._redis_failed("async_get_set_members", exc)
+            return await self.async_get_set_members(key, local_only=True)
+        self._redis_ok()
+        return {m.decode() if isinstance(m, bytes) else m for m in raw}
 
     async def aclose(self) -> None:
         """Close the Redis client if this cache built it from ``redis_url`` (a client passed in is left open).
@@ -757,10 +840,10 @@ class DualCache:
         """Remove ``key`` from memory (not from Redis)."""
         self._memory.delete(_check_key(key))
 
-    def batch_get_cache(self, keys: Iterable[str], **kwargs: Any) -> list[Any]:
-        """The in-memory values of ``keys``, in order, ``None`` for misses."""
+    def batch_get_cache(self, keys: Iterable[str | None], **kwargs: Any) -> list[Any]:
+        """The in-memory values of ``keys``, in order, ``None`` for misses (and for ``None`` keys)."""
         now = monotonic()
-        return [self._memory.get(_check_key(k), now) for k in keys]
+        return [None if k is None else self._memory.get(_check_key(k), now) for k in keys]
 
     # -- internals -----------------------------------------------------------------------------------------
 

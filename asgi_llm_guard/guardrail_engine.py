@@ -173,6 +173,7 @@ class Guardrail:
 
         async def gate(run: GuardrailRun, *values: Any) -> Any:
             arguments = dict(zip(offered, values, strict=True))
+            arguments.setdefault("request_data", run.data)  # a per-chunk hook adapted from LiteLLM names it
             data = arguments.get("data", arguments.get("request_data", run.data))
             if not run.selects(self, mode, data):
                 return arguments[passthrough] if passthrough else None

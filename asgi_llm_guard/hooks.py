@@ -39,6 +39,13 @@ HOOK_METHODS: dict[str, tuple[str, ...]] = {
     "async_post_call_complete_hook": ("request_data", "user_api_key_dict", "status_code"),
 }
 
+#: Arguments a method gets only when it names a parameter after them (LiteLLM adapters need them; LiteLLM's own
+#: signatures do not have them, so they are never handed out by position).
+_BY_NAME_ONLY: dict[str, tuple[str, ...]] = {
+    "async_post_call_streaming_hook": ("request_data",),
+    "async_post_call_complete_hook": ("call_type",),
+}
+
 #: Other names a parameter may have, mapped to the argument they receive.
 _ALIASES = {
     "request_data": "data",
@@ -304,7 +311,7 @@ def _plan(
     by position, the cheapest call there is; otherwise by keyword.
     """
     offered = HOOK_METHODS[method_name]
-    available = set(offered) | {"traceback_str"}
+    available = set(offered) | {"traceback_str", *_BY_NAME_ONLY.get(method_name, ())}
     try:
         signature = inspect.signature(method)
     except (TypeError, ValueError):
@@ -384,7 +391,7 @@ def bind_method(
     hook: object, method_name: str, timeout: float | None, fail_open: bool, observer: Observer | None = None
 ) -> BoundHook:
     """One hook method bound with its argument plan (see :func:`_plan`)."""
-    name = type(hook).__name__
+    name = getattr(hook, "__llm_guard_name__", None) or type(hook).__name__
     method = getattr(hook, method_name)
     keywords, positional = _plan(name, method_name, method)
     return BoundHook(
@@ -409,8 +416,11 @@ def bind_hooks(
     default_timeout: float | None,
     observer: Observer | None = None,
     expand: Expander | None = None,
+    adapt: Callable[[object], object] | None = None,
 ) -> HookSet:
-    """Resolve and bind every hook, raising ``TypeError``/``ValueError`` for entries that cannot work."""
+    """Resolve and bind every hook, raising ``TypeError``/``ValueError`` for entries that cannot work.
+
+    ``adapt`` may replace each resolved hook object first (the middleware wraps LiteLLM's own classes with it)."""
     stages: dict[str, list[BoundHook]] = {field: [] for field in _FIELD_BY_METHOD.values()}
     for index, entry in enumerate(entries):
         hook = resolve_hook(entry)
@@ -419,13 +429,15 @@ def bind_hooks(
             raise TypeError(
                 f"{where} is the class {hook.__name__}; pass an instance, not the class: hooks=[{hook.__name__}()]"
             )
-        methods = [name for name in HOOK_METHODS if callable(getattr(hook, name, None))]
+        if adapt is not None:
+            hook = adapt(hook)
+        name = getattr(hook, "__llm_guard_name__", None) or type(hook).__name__
+        methods = [method for method in HOOK_METHODS if callable(getattr(hook, method, None))]
         if not methods:
             raise TypeError(
-                f"{where} ({type(hook).__name__}) has none of the hook methods "
+                f"{where} ({name}) has none of the hook methods "
                 f"({', '.join(HOOK_METHODS)}); define at least one, e.g. async_pre_call_hook"
             )
-        name = type(hook).__name__
         timeout = getattr(hook, "timeout", default_timeout)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0

@@ -37,6 +37,14 @@ from .errors import DEPENDENCY_FAILED, GuardError, Halt, from_exception, is_depe
 from .formats import FORMATS
 from .guardrail_engine import GuardrailEngine, strip_guardrail_fields
 from .hooks import HOOK_ERRORS, BoundHook, HookSet, bind_hooks, cancelling, log_hook_exception
+from .litellm_adapter import adapt as adapt_litellm
+from .litellm_adapter import (
+    forwarded_body,
+    from_litellm_identity,
+    is_litellm_hook,
+    is_litellm_identity,
+    note_received,
+)
 from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
 from .pipeline import ResponsePipeline
@@ -134,7 +142,19 @@ class LLMHookMiddleware:
         self.app = app
         self.observer = observer
         engine = GuardrailEngine(observer)
-        self.hooks: HookSet = bind_hooks(list(hooks), hook_timeout, observer, engine.expand)
+        litellm_hooks: list[object] = []
+
+        def adapt(hook: object) -> object:
+            # LiteLLM's own classes get LiteLLM's runtime contract (docs/litellm.md); nothing else is touched.
+            if not is_litellm_hook(hook):
+                return hook
+            wrapped = adapt_litellm(hook)
+            litellm_hooks.append(wrapped)
+            return wrapped
+
+        self.hooks: HookSet = bind_hooks(list(hooks), hook_timeout, observer, engine.expand, adapt)
+        #: LiteLLM hooks are configured: fields LiteLLM consumes are kept from the app (litellm_adapter).
+        self.litellm_fields = bool(litellm_hooks)
         #: The CustomGuardrails among the hooks (docs/guardrails.md); None when there are none, which costs nothing.
         self.guardrails = engine if engine.guardrails else None
         self.routes = RouteTable(routes)
@@ -438,7 +458,12 @@ class GuardedCall(CallState):
         self._watch_args = None
 
     async def _complete(self, status: int) -> None:
-        arguments = {"request_data": self.data, "user_api_key_dict": self.user, "status_code": status}
+        arguments = {
+            "request_data": self.data,
+            "user_api_key_dict": self.user,
+            "status_code": status,
+            "call_type": self.call_type,
+        }
         for hook in self.hooks.complete:
             try:
                 await hook.call(arguments)
@@ -474,6 +499,8 @@ class GuardedCall(CallState):
                 log_exception("the auth callable", exc, expose=self.guard.expose_hook_errors)
                 error = GuardError(500, "Authentication failed.")
             raise Halt(error, exc) from None
+        if not isinstance(user, UserAPIKeyAuth) and is_litellm_identity(user):
+            user = from_litellm_identity(user)  # what a LiteLLM user_api_key_auth returns (docs/litellm.md)
         if not isinstance(user, UserAPIKeyAuth):
             error = GuardError(500, "Authentication failed.")
             logger.error("the auth callable returned %s, not a UserAPIKeyAuth", type(user).__name__)
@@ -491,6 +518,8 @@ class GuardedCall(CallState):
         except GuardError as error:
             raise Halt(error, error) from None
         self.data = data
+        if self.guard.litellm_fields:
+            note_received(data)
         problem = wire.check_request(data)
         if problem is not None:
             raise Halt(problem, problem)
@@ -565,15 +594,16 @@ class GuardedCall(CallState):
     def _downstream_request(self, receive: ReplayedReceive) -> Scope:
         """The final ``data`` as the body the app receives (replayed by ``receive``), and the scope it comes with."""
         try:
+            data = forwarded_body(self.data) if self.guard.litellm_fields else self.data
             if self.form is not None:
                 # Edited text fields, the file bytes unchanged; a 413 before joining when over max_body_bytes (the
                 # form's part headers may be longer than the client's). A JSON body is not bounded again: it
                 # grows only through hooks (trusted) or rare number spellings (1e15 written out).
-                body, content_type = self.form.encode(self.data, self.guard.max_body_bytes)
+                body, content_type = self.form.encode(data, self.guard.max_body_bytes)
             else:
-                if "guardrails" in self.data or "metadata" in self.data:
-                    strip_guardrail_fields(self.data)  # read by the guard, not the app (SPEC 10)
-                body, content_type = orjson.dumps(self.data), b"application/json"
+                if "guardrails" in data or "metadata" in data:
+                    strip_guardrail_fields(data)  # read by the guard, not the app (SPEC 10)
+                body, content_type = orjson.dumps(data), b"application/json"
         except TypeError as exc:
             raise self.unencodable(exc, self.hooks.pre_call, "pre_call") from None
         except GuardError as over_limit:
