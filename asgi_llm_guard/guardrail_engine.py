@@ -153,6 +153,7 @@ class Guardrail:
                         timeout=None,  # apply_guardrail is bounded inside, so a timeout can be recorded
                         fail_open=self.fail_open,
                         observer=self.observer,
+                        observes_only=mode == "logging_only",
                     )
                     self.hooks[f"{mode}:{field_name}"] = hook
                     bound.append((field_name, hook))

@@ -153,6 +153,9 @@ class BoundHook:
     timeout: float | None
     fail_open: bool
     observer: Observer | None = None
+    #: A monitor (a ``logging_only`` guardrail): it never blocks, so an answer it cannot read passes without it
+    #: (recorded as not run) instead of being replaced by an error.
+    observes_only: bool = False
     is_async: bool = field(init=False)
     #: An async method with no timeout and no observer: ``await hook.invoke(arguments)`` is the whole call,
     #: one coroutine less than :meth:`call` on paths that run for every request or every streamed chunk.

@@ -359,7 +359,8 @@ class ResponsePipeline:
             if streaming and self.call.requested.stream:
                 # The client reads the answer as an event stream whatever it is labelled (SPEC 6).
                 if not _identity(message):
-                    await self._unreadable("it is a compressed stream", "streaming")
+                    self._start = message
+                    await self._unreadable("it is a compressed stream", "streaming", b"", True)
                     return
                 self._stream(message)
                 return
@@ -421,7 +422,7 @@ class ResponsePipeline:
             self._mode = _SUCCESS
         elif kind == _OTHER and hooks.success and not call.requested.stream:
             if not call.wire.answers_text:
-                await self._unreadable("it is not JSON", "post_call")
+                await self._unreadable("it is not JSON", "post_call", b"".join(self._chunks), more)
                 return
             self._mode = _TEXT
         elif (kind == _SSE or kind == _OTHER) and streaming:
@@ -443,15 +444,25 @@ class ResponsePipeline:
         if not more:
             await self._finish_success()
 
-    async def _unreadable(self, why: str, stage: str) -> None:
-        """The answer is one a hook must see and cannot: the client gets a 502, never the answer unchecked."""
+    async def _unreadable(self, why: str, stage: str, body: bytes, more: bool) -> None:
+        """The answer is one a hook must see and cannot: the client gets a 502, never the answer unchecked.
+
+        Only when every hook of the stage is a monitor (a ``logging_only`` guardrail, which never blocks) does
+        the answer (``body`` so far) go on without them; they are recorded as not run."""
         self._chunks = []
-        self._start = None
         self._head = None
         self._mode = _PASS
-        error = GuardError(
-            502, f"The downstream app's response could not be checked ({why}).", stage=stage
-        )
+        hooks = self.call.hooks
+        readers = hooks.success if stage == "post_call" else hooks.streaming + hooks.streaming_iterator
+        if all(hook.observes_only for hook in readers):
+            logger.warning("%s monitors could not read the downstream response (%s): passed on", stage, why)
+            await self.emit_start()
+            if body or not more:
+                await self.emit({"type": "http.response.body", "body": body, "more_body": more})
+            self._passing = self._held is None and not self.done
+            return
+        self._start = None
+        error = GuardError(502, f"The downstream app's response could not be checked ({why}).", stage=stage)
         logger.error("%s hooks could not read the downstream response (%s): answered 502", stage, why)
         await self.fail(error, error)
 
@@ -475,18 +486,11 @@ class ResponsePipeline:
                 encoding = value
         decoded = _decode(raw, encoding)
         if decoded is None:
-            await self._unreadable("its content-encoding could not be decoded", "post_call")
+            await self._unreadable("its content-encoding could not be decoded", "post_call", raw, False)
             return
         lenient = text = False
         parsed: Any = None
-        if self._mode == _TEXT:
-            try:
-                parsed = {"text": decoded.decode("utf-8-sig")}
-                text = True
-            except UnicodeDecodeError:
-                await self._unreadable("it is neither JSON nor UTF-8 text", "post_call")
-                return
-        else:
+        if self._mode != _TEXT:
             try:
                 parsed = orjson.loads(decoded)
             except orjson.JSONDecodeError:
@@ -494,13 +498,15 @@ class ResponsePipeline:
                     parsed, lenient = lenient_json.loads(decoded), True
                 except ValueError:
                     parsed = None
-            if not isinstance(parsed, (dict, list)):
-                if self.call.wire.answers_text and not self.call.requested.stream:
-                    self._mode = _TEXT
-                    self._chunks = [decoded]
-                    await self._finish_success()
-                    return
-                await self._unreadable("it is not a JSON object or array", "post_call")
+            text = not isinstance(parsed, (dict, list))
+            if text and not (self.call.wire.answers_text and not self.call.requested.stream):
+                await self._unreadable("it is not a JSON object or array", "post_call", raw, False)
+                return
+        if self._mode == _TEXT or text:
+            try:
+                parsed, text = {"text": decoded.decode("utf-8-sig")}, True
+            except UnicodeDecodeError:
+                await self._unreadable("it is neither JSON nor UTF-8 text", "post_call", raw, False)
                 return
         call = self.call
         response: Any = parsed

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from asgi_llm_guard import LLMHookMiddleware
+from asgi_llm_guard import CustomGuardrail, LLMHookMiddleware
+from asgi_llm_guard.observe import Observer
 from asgi_llm_guard.sse import SSEParser
 
 from .apps import Script, body_messages, chat, chat_chunk, chat_completion, http_scope, receive_body, sse
@@ -307,3 +308,51 @@ async def test_a_non_stream_json_answer_with_only_streaming_hooks_passes() -> No
     raw = orjson.dumps(ANSWER)
     script = await drive(LLMHookMiddleware(app_answering(raw, [PLAIN]), hooks=[hook]), chat())
     assert script.body == raw and hook.seen == []
+
+
+# -- guardrails ----------------------------------------------------------------------------------------------------
+
+
+class Masks(CustomGuardrail):
+    async def apply_guardrail(self, inputs, request_data, input_type, logging_obj=None):  # type: ignore[no-untyped-def]
+        return {**inputs, "texts": [text.replace("1234", "[REDACTED]") for text in inputs["texts"]]}
+
+
+class Decisions(Observer):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str, str | None]] = []
+
+    def guardrail_finished(self, guardrail: str, stage: str, decision: str, seconds: float, reason: str | None) -> None:
+        self.seen.append((guardrail, stage, decision, reason))
+
+
+@pytest.mark.parametrize("case", ["labelled-text-plain", "bom", "minus-infinity"])
+async def test_a_post_call_guardrail_masks_json_answers_whatever_their_label(case: str) -> None:
+    raw, headers = JSON_ANSWERS[case]
+    guard = Masks(guardrail_name="mask", event_hook="post_call", default_on=True)
+    script = await drive(LLMHookMiddleware(app_answering(raw, headers), hooks=[guard]), chat())
+    assert script.status == 200 and b"1234" not in script.body
+    assert json.loads(script.body)["choices"][0]["message"]["content"] == "the secret is [REDACTED]"
+
+
+async def test_a_post_call_guardrail_masks_a_mislabelled_stream() -> None:
+    guard = Masks(guardrail_name="mask", event_hook="post_call", default_on=True)
+    app = LLMHookMiddleware(app_answering([*STREAM_EVENTS, b""], [PLAIN]), hooks=[guard])
+    script = await drive(app, chat(stream=True))
+    assert b"1234" not in script.body and "".join(chunk_contents(script.body)).endswith("[REDACTED]")
+
+
+async def test_an_answer_a_post_call_guardrail_cannot_read_is_a_502() -> None:
+    guard = Masks(guardrail_name="mask", event_hook="post_call", default_on=True)
+    script = await drive(LLMHookMiddleware(app_answering(SECRET.encode(), [PLAIN]), hooks=[guard]), chat())
+    assert script.status == 502 and b"1234" not in script.body
+
+
+async def test_an_answer_a_logging_only_guardrail_cannot_read_passes_and_is_recorded_not_run() -> None:
+    """A monitor never blocks (SPEC 10): what it cannot read goes on, and its decision says it did not run."""
+    decisions = Decisions()
+    monitor = Masks(guardrail_name="monitor", event_hook="logging_only", default_on=True)
+    app = LLMHookMiddleware(app_answering(SECRET.encode(), [PLAIN]), hooks=[monitor], observer=decisions)
+    script = await drive(app, chat())
+    assert (script.status, script.body) == (200, SECRET.encode())
+    assert ("monitor", "logging_only", "not_run") in [seen[:3] for seen in decisions.seen]
