@@ -2,7 +2,7 @@
 
 ``json.dumps`` writes ``NaN``, ``Infinity`` and ``-Infinity`` (a ``-inf`` logprob is common), and the ``openai`` SDK
 reads them back with ``json.loads``; orjson refuses them, as the JSON RFC does. A response a hook must see is never
-let through unread because of that (docs/reference.md, "Responses the hooks cannot read"), so the few bodies orjson
+let through unread because of that (docs/reference.md#unreadable-responses), so the few bodies orjson
 refuses are read here and written back the same way, with the app's own ``NaN``/``Infinity`` kept. orjson stays
 the parser on the hot path: this module is only tried after it failed.
 """

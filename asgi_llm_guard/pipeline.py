@@ -18,9 +18,9 @@ Which path a 2xx answer takes is not read from its content type when a hook must
 a JSON body whatever its label (``text/plain``, none, a BOM first) and an event stream whatever its label, so the
 start is held until the body's first bytes say what it is (``{``/``[``: JSON; a field or comment line: an event
 stream). An answer a post-call hook must see and cannot (neither JSON nor text it can have, compressed in a way we
-cannot read) is replaced by a 502 error, never delivered unchecked (docs/reference.md, "Responses the hooks cannot
-read"). JSON that orjson refuses (``NaN``, ``-Infinity``, which Python's ``json`` writes) is read by
-``lenient_json`` and written back the same way.
+cannot read) is replaced by a 502 error, never delivered unchecked (docs/reference.md#unreadable-responses). JSON
+that orjson refuses (``NaN``, ``-Infinity``, which Python's ``json`` writes) is read by ``lenient_json`` and
+written back the same way.
 
 While moderation hooks run in parallel with the app, everything it sends is held, in order, and released only
 when they all pass (SPEC 6). Held, but bounded: once the bodies held reach :data:`HOLD_LIMIT` bytes (1 MiB), the
