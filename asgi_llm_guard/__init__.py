@@ -8,10 +8,11 @@
 
 from .auth import UserAPIKeyAuth
 from .cache import DualCache
+from .call import GuardState
 from .errors import GuardError, RejectRequest, UpstreamError
 from .guardrails import CustomGuardrail
 from .hooks import CallHook
-from .middleware import GuardState, LLMHookMiddleware
+from .middleware import LLMHookMiddleware
 from .text import get_formatted_prompt, request_texts
 
 __version__ = "0.1.0"  # the package's one version number: pyproject.toml reads it from here (hatch)

@@ -36,6 +36,15 @@ NO_USER = UserAPIKeyAuth()
 _NOT_STREAMED = RequestedFormat()
 
 
+@dataclass
+class GuardState:
+    """What the downstream app finds in ``scope["state"]["llm_guard"]`` (``request.state.llm_guard``)."""
+
+    call_type: str
+    user_api_key_dict: UserAPIKeyAuth
+    data: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class CallSettings:
     """The middleware's options that every request reads, built once at construction."""
@@ -184,3 +193,47 @@ class CallState:
                 if error is not None:
                     replacement = error
         return replacement
+
+    # -- the request hooks ----------------------------------------------------------------------------------
+
+    async def pre_call(self) -> tuple[str, BoundHook] | None:
+        """Run the pre-call hooks; a refusal (a returned string) comes back with its hook, not raised: it is an
+        answer, not an accident, and raising costs more than the refusal itself."""
+        args = self.args
+        for hook in self.hooks.pre_call:
+            if hook.direct:  # run_hook's work, one coroutine less
+                try:
+                    result = await hook.invoke(args)
+                except HOOK_ERRORS as exc:
+                    raise self.hook_failed(exc, hook, "pre_call") from None
+            else:
+                result = await self.run_hook(hook, args, "pre_call")
+            if result is None:
+                continue
+            if isinstance(result, dict):
+                self.data = args["data"] = args["request_data"] = result
+            elif isinstance(result, str):
+                return result, hook
+            elif isinstance(result, Exception):
+                raise Halt(self.outcome(result, hook, "pre_call"), result)
+            else:
+                error = self.wrong_type(hook, result, "a dict, None, a str or an exception")
+                raise Halt(error, TypeError(error.message))
+        return None
+
+    async def moderate(self) -> None:
+        hooks = self.hooks.moderation
+        if len(hooks) == 1:
+            await self.run_hook(hooks[0], self.args, "moderation")
+            return
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self.run_hook(hook, self.args, "moderation")) for hook in hooks]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:  # the first failure in hook order decides, as it would run one by one
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -23,20 +23,20 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .auth import UserAPIKeyAuth, header_digest, scope_user_id
-from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, too_large, whole_body
+from .auth import UserAPIKeyAuth, scope_user_id
+from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, whole_body
 from .cache import DualCache
-from .call import CallSettings, CallState
+from .call import CallSettings, CallState, GuardState
+from .disconnects import DisconnectWatch
 from .errors import DEPENDENCY_FAILED, GuardError, Halt, from_exception, is_dependency_error, log_exception
 from .formats import FORMATS
 from .guardrail_engine import GuardrailEngine, strip_guardrail_fields
-from .hooks import HOOK_ERRORS, BoundHook, HookSet, bind_hooks, cancelling, log_hook_exception
+from .hooks import HOOK_ERRORS, HookSet, bind_hooks, cancelling, log_hook_exception
 from .litellm_adapter import adapt as adapt_litellm
 from .litellm_adapter import (
     forwarded_body,
@@ -47,35 +47,15 @@ from .litellm_adapter import (
 )
 from .multipart import FormBody, is_multipart, parse_form
 from .observe import Observer
+from .options import check_options
 from .pipeline import ResponsePipeline
-from .routes import RouteMatch, RouteTable, fold
+from .request_headers import scan_headers, treated_as_post
+from .routes import RouteMatch, RouteTable
 
 logger = logging.getLogger("asgi_llm_guard")
 
 MiB = 1024 * 1024
 AuthCallable = Callable[[Scope], Awaitable[UserAPIKeyAuth]]
-_KEY_HEADERS = {b"authorization": 0, b"api-key": 1, b"x-api-key": 2}  # where a key may be, in precedence order
-_KEY, _CONTENT_TYPE, _CONTENT_LENGTH, _CONTENT_ENCODING, _TRANSFER_ENCODING, _ACCEPT_ENCODING = range(6)
-#: The request headers the guard reads or replaces; every other header is forwarded after one lookup.
-_SPECIAL_HEADERS = {
-    **dict.fromkeys(_KEY_HEADERS, _KEY),
-    b"content-type": _CONTENT_TYPE,
-    b"content-length": _CONTENT_LENGTH,
-    b"content-encoding": _CONTENT_ENCODING,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"accept-encoding": _ACCEPT_ENCODING,
-}
-#: Seconds a guarded request runs before a task starts watching for its client's disconnect.
-_WATCH_AFTER = 0.02
-
-
-@dataclass
-class GuardState:
-    """What the downstream app finds in ``scope["state"]["llm_guard"]`` (``request.state.llm_guard``)."""
-
-    call_type: str
-    user_api_key_dict: UserAPIKeyAuth
-    data: dict[str, Any]
 
 
 class LLMHookMiddleware:
@@ -106,39 +86,11 @@ class LLMHookMiddleware:
         expose_hook_errors: bool = False,
         observer: Observer | None = None,
     ) -> None:
-        if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
-            raise TypeError(
-                f"hooks must be a list of hook objects or import strings, e.g. hooks=[MyHook()], "
-                f"not {hooks!r}"
-            )
-        for name, flag in (
-            ("enforce_user_param", enforce_user_param),
-            ("expose_hook_errors", expose_hook_errors),
-        ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, not {flag!r}")
-        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
-            raise TypeError(f"max_body_bytes must be a positive int (bytes), not {max_body_bytes!r}")
-        if hook_timeout is not None and (
-            isinstance(hook_timeout, bool) or not isinstance(hook_timeout, (int, float)) or hook_timeout <= 0
-        ):
-            raise TypeError(
-                f"hook_timeout must be a positive number of seconds or None, not {hook_timeout!r}"
-            )
-        if auth is not None and not callable(auth):
-            raise TypeError(f"auth must be an async callable (scope) -> UserAPIKeyAuth, not {auth!r}")
-        if cache is not None and not isinstance(cache, DualCache):
-            raise TypeError(f"cache must be a DualCache, e.g. cache=DualCache(redis_url=...), not {cache!r}")
-        if not isinstance(moderation, str):
-            raise TypeError(f"moderation must be 'parallel' or 'before', not {moderation!r}")
-        if moderation not in ("parallel", "before"):
-            raise ValueError(f"moderation must be 'parallel' or 'before', not {moderation!r}")
-        if observer is not None and not isinstance(observer, Observer):
-            raise TypeError(f"observer must be an asgi_llm_guard.observe.Observer (subclass it), not {observer!r}")
-        if routes is not None and not isinstance(routes, Mapping):
-            raise TypeError(
-                f"routes must be a dict such as {{'/chat/completions': 'completion'}}, not {routes!r}"
-            )
+        check_options(
+            hooks=hooks, enforce_user_param=enforce_user_param, routes=routes, max_body_bytes=max_body_bytes,
+            auth=auth, cache=cache, hook_timeout=hook_timeout, moderation=moderation,
+            expose_hook_errors=expose_hook_errors, observer=observer,
+        )
         self.app = app
         self.observer = observer
         engine = GuardrailEngine(observer)
@@ -192,7 +144,7 @@ class LLMHookMiddleware:
             match = self.routes.match(path[len(root_path) :])
         if match is None:
             match = self.routes.match(path)
-        if match is None or (scope["method"] != "POST" and not _treated_as_post(scope)):
+        if match is None or (scope["method"] != "POST" and not treated_as_post(scope)):
             await self.app(scope, receive, send)
             return
         await GuardedCall(self, scope, receive, send, match).run()
@@ -209,76 +161,6 @@ class LLMHookMiddleware:
 
         await self.app(scope, receive, send_closing_cache)
 
-
-class DisconnectWatch:
-    """Starts a disconnect watcher for each guarded request still running ``_WATCH_AFTER`` seconds after its
-    body was read (SPEC 6: a client that leaves cancels the app and any running hook).
-
-    Watching costs a task per request, and most guarded requests are over long before a client could leave,
-    so requests only register here (a dict insert) and one timer per middleware, armed while any is pending,
-    starts watchers for those that outlive the delay. A timer is not a task: no task outlives its request.
-    """
-
-    __slots__ = ("_due", "_timer", "_loop")
-
-    def __init__(self) -> None:
-        self._due: dict[GuardedCall, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def add(self, call: GuardedCall) -> None:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a middleware can outlive an event loop (tests, reloads)
-            self._due, self._timer, self._loop = {}, None, loop
-        self._due[call] = loop.time() + _WATCH_AFTER
-        if self._timer is None:
-            self._timer = loop.call_later(_WATCH_AFTER, self._fire)
-
-    def discard(self, call: GuardedCall) -> None:
-        self._due.pop(call, None)
-
-    def _fire(self) -> None:
-        loop = self._loop
-        if loop is None or asyncio.get_running_loop() is not loop:
-            return  # armed on an event loop this middleware has since left
-        self._timer = None
-        now = loop.time()
-        due = self._due
-        while due:  # insertion order is deadline order: every request waits the same delay
-            call, when = next(iter(due.items()))
-            if when > now:
-                self._timer = loop.call_at(when, self._fire)
-                return
-            del due[call]
-            call.start_watch()
-
-
-_METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
-
-
-def _says_post(method: str) -> bool:
-    """Whether a framework could take ``method`` for POST: servers pass the method as the client wrote it
-    (uvicorn with h11 passes ``post``), and frameworks upper-case it (Django) or compare it as ``re.IGNORECASE``
-    does, where ``poſt`` is POST too; surrounding white space is stripped the way ``str.strip()`` does."""
-    method = method.strip()
-    return method.upper() == "POST" or fold(method) == "post"
-
-
-def _treated_as_post(scope: Scope) -> bool:
-    """A request that is not a plain ``POST`` but that the app may still handle as one is guarded as one: a POST
-    spelt in another case, or a GET (say) that asks a method-override middleware downstream to treat it as a POST
-    (otherwise ``X-HTTP-Method-Override: POST`` would walk around the guard). An override to any other method
-    passes through, as a request made with that method does (SPEC 3 guards POST only). Only requests on a
-    guarded path get here."""
-    if _says_post(scope["method"]):
-        return True
-    for name, value in scope["headers"]:
-        if name in _METHOD_OVERRIDES and (
-            # as the override middleware may decode it: latin-1 (ASGI's own), UTF-8 dropping what it cannot read
-            _says_post(value.decode("latin-1")) or _says_post(value.decode("utf-8", "ignore"))
-        ):
-            return True
-    return False
 
 
 class GuardedCall(CallState):
@@ -301,51 +183,8 @@ class GuardedCall(CallState):
         self._active = True
         self._watcher: asyncio.Task[None] | None = None
         self._watch_args: tuple[ReplayedReceive, asyncio.Task[Any]] | None = None
-        self._scan_headers()
-
-    def _scan_headers(self) -> None:
-        """One pass over the request headers: what the guard needs from them, and the ones the app gets."""
-        limit = self.guard.max_body_bytes
-        drop_accept_encoding = not self.guard.plain_responses
-        forwarded = []
-        content_type = b""
-        key: str | None = None  # its digest
-        key_rank = len(_KEY_HEADERS)
-        error: GuardError | None = None
-        special = _SPECIAL_HEADERS
-        for header in self.scope["headers"]:
-            kind = special.get(header[0])
-            if kind is None:  # most headers: one lookup, forwarded as they are
-                forwarded.append(header)
-                continue
-            name, value = header
-            if kind == _KEY:
-                rank = _KEY_HEADERS[name]
-                found = header_digest(name, value)
-                if found and rank < key_rank:  # Bearer, then api-key, then x-api-key, whatever their order
-                    key, key_rank = found, rank
-                forwarded.append(header)
-            elif kind == _CONTENT_TYPE:
-                content_type = value
-            elif kind == _CONTENT_LENGTH:
-                if not value.strip().isdigit():
-                    error = error or GuardError(400, "The Content-Length header is not a number.")
-                elif int(value) > limit:
-                    error = error or too_large(limit)
-            elif kind == _CONTENT_ENCODING:
-                if value.strip().lower() not in (b"", b"identity"):
-                    error = GuardError(
-                        415,
-                        f"Content-Encoding {value.decode('latin-1')!r} is not supported; send the body uncompressed.",
-                    )
-            elif kind == _ACCEPT_ENCODING:
-                if not drop_accept_encoding:
-                    forwarded.append(header)
-            # transfer-encoding: the body the app gets has a content-length instead
-        self.forwarded_headers = forwarded
-        self.content_type = content_type
-        self._key_digest = key
-        self._header_error = error
+        head = scan_headers(scope["headers"], guard.max_body_bytes, not guard.plain_responses)
+        self.forwarded_headers, self.content_type, self._key_digest, self._header_error = head
 
     # -- the flow ----------------------------------------------------------------------------------------
 
@@ -396,14 +235,14 @@ class GuardedCall(CallState):
                     self.guardrail_run = self.args["guardrail_run"] = self.guard.guardrails.start(
                         self.data, self.user, self.call_type
                     )
-                refused = await self._pre_call() if self.hooks.pre_call else None
+                refused = await self.pre_call() if self.hooks.pre_call else None
                 if refused is not None:
                     await self.pipeline.refuse(refused[0], refused[1].name, "pre_call")
                 elif self.hooks.moderation and not self.guard.moderate_first:
                     await self._race(self._downstream_request(receive), receive)
                 else:
                     if self.hooks.moderation:
-                        await self._moderate()  # moderation="before": a blocked prompt never reaches the app
+                        await self.moderate()  # moderation="before": a blocked prompt never reaches the app
                     # The app is awaited right here: every coroutine layer between the server and the app costs
                     # a little on each call and resume.
                     scope = self._downstream_request(receive)
@@ -537,48 +376,6 @@ class GuardedCall(CallState):
             missing = GuardError(400, f"'{param}' param not passed in. 'enforce_user_param'=True", param=param)
             raise Halt(missing, missing)
 
-    async def _pre_call(self) -> tuple[str, BoundHook] | None:
-        """Run the pre-call hooks; a refusal (a returned string) comes back with its hook, not raised: it is an
-        answer, not an accident, and raising costs more than the refusal itself."""
-        args = self.args
-        for hook in self.hooks.pre_call:
-            if hook.direct:  # run_hook's work, one coroutine less
-                try:
-                    result = await hook.invoke(args)
-                except HOOK_ERRORS as exc:
-                    raise self.hook_failed(exc, hook, "pre_call") from None
-            else:
-                result = await self.run_hook(hook, args, "pre_call")
-            if result is None:
-                continue
-            if isinstance(result, dict):
-                self.data = args["data"] = args["request_data"] = result
-            elif isinstance(result, str):
-                return result, hook
-            elif isinstance(result, Exception):
-                raise Halt(self.outcome(result, hook, "pre_call"), result)
-            else:
-                error = self.wrong_type(hook, result, "a dict, None, a str or an exception")
-                raise Halt(error, TypeError(error.message))
-        return None
-
-    async def _moderate(self) -> None:
-        hooks = self.hooks.moderation
-        if len(hooks) == 1:
-            await self.run_hook(hooks[0], self.args, "moderation")
-            return
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self.run_hook(hook, self.args, "moderation")) for hook in hooks]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in tasks:  # the first failure in hook order decides, as it would run one by one
-                if task.done() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
     def _downstream_scope(self, body: bytes, content_type: bytes) -> Scope:
         headers = self.forwarded_headers
         headers.append((b"content-type", content_type))
@@ -617,7 +414,7 @@ class GuardedCall(CallState):
         pipeline.hold()
         app_task = asyncio.ensure_future(self.guard.app(scope, receive, pipeline.send))
         try:
-            await self._moderate()
+            await self.moderate()
         except BaseException:
             pipeline.drop()
             app_task.cancel()
