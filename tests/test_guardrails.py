@@ -409,3 +409,28 @@ async def test_prometheus_observer_counts_guardrail_decisions() -> None:
     assert sample("llm_guard_guardrail_decisions_total",
                   {"guardrail": "ns", "stage": "pre_call", "decision": "block"}) == 1
     assert sample("llm_guard_guardrail_duration_seconds_count", {"guardrail": "ns", "stage": "pre_call"}) == 2
+
+
+async def test_the_documented_example_masks_and_blocks() -> None:
+    """docs/snippets/guardrail_example.py (shown in docs/guardrails.md and the README), on a route of its own."""
+    import runpy
+    from pathlib import Path
+
+    namespace = runpy.run_path(str(Path(__file__).resolve().parents[1] / "docs" / "snippets" / "guardrail_example.py"))
+    app = namespace["app"]
+    seen: list[str] = []
+
+    @app.post("/v1/chat/completions")
+    async def completions(body: dict[str, Any]) -> dict[str, Any]:
+        seen.append(body["messages"][0]["content"])
+        return {"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "your s3cr3t is safe"},
+                             "finish_reason": "stop"}]}
+
+    async with client(app) as c:
+        masked = await c.post("/v1/chat/completions", json=chat("my s3cr3t"))
+        blocked = await c.post("/v1/chat/completions", json=chat("rm -rf /"))
+    assert seen == ["my [REDACTED]"]
+    assert masked.json()["choices"][0]["message"]["content"] == "your [REDACTED] is safe"
+    assert masked.headers[HEADER] == "no-secrets"
+    assert blocked.json()["choices"][0]["message"]["content"] == "I can't help with that."
