@@ -351,3 +351,31 @@ async def test_iterator_hook_keeps_a_leading_bom_at_the_start_of_the_stream() ->
     script = await drive(LLMHookMiddleware(down, hooks=[Iterator()]))
     assert_legal(script.sent)
     assert script.body == bom + EVENTS[0] + b"data: [DONE]\n\n"
+
+
+# -- the same while moderation holds the response ----------------------------------------------------------------
+
+
+MODERATED = {"pass-through": [Moderation], "per-chunk": [Moderation, PerChunk], "iterator": [Moderation, Iterator]}
+
+
+@pytest.mark.parametrize("hooks", MODERATED)
+async def test_held_by_moderation_an_app_returning_without_its_final_body_keeps_every_event(hooks: str) -> None:
+    script = await drive(LLMHookMiddleware(Scripted([START_SSE, *streamed()]), hooks=[h() for h in MODERATED[hooks]]))
+    assert_legal(script.sent)
+    assert script.body == STREAM
+
+
+@pytest.mark.parametrize("hooks", MODERATED)
+async def test_held_by_moderation_an_app_raising_after_its_done_ends_the_stream_cleanly(hooks: str) -> None:
+    down = Scripted([START_SSE, *streamed()], then_raise=RuntimeError("cleanup failed"))
+    script = await drive(LLMHookMiddleware(down, hooks=[h() for h in MODERATED[hooks]]))
+    assert_legal(script.sent)
+    assert script.body == STREAM
+
+
+@pytest.mark.parametrize("hooks", MODERATED)
+async def test_held_by_moderation_an_sse_start_alone_is_a_legal_empty_stream(hooks: str) -> None:
+    script = await drive(LLMHookMiddleware(Scripted([START_SSE]), hooks=[h() for h in MODERATED[hooks]]))
+    assert kinds(script) == [("http.response.start", False), ("http.response.body", False)]
+    assert (script.status, script.body) == (200, b"")
