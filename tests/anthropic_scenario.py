@@ -29,11 +29,11 @@ REFUSED_STREAMING = "Refused while streaming."
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
-               503: "api_error"}
+               503: "api_error", 529: "overloaded_error"}
 SDK_ERRORS: dict[int, type[anthropic.APIStatusError]] = {
     400: anthropic.BadRequestError, 401: anthropic.AuthenticationError, 403: anthropic.PermissionDeniedError,
     404: anthropic.NotFoundError, 413: anthropic.ContentTooLargeError, 429: anthropic.RateLimitError,
-    500: anthropic.InternalServerError, 503: anthropic.ServiceUnavailableError,
+    500: anthropic.InternalServerError, 503: anthropic.ServiceUnavailableError, 529: anthropic.OverloadedError,
 }
 
 
@@ -56,6 +56,9 @@ class Scenario(CallHook):
       ``hook_timeout``;
     - ``bug``: the pre-call hook raises ``ValueError``;
     - ``shout``: the per-chunk hook upper-cases every text delta;
+    - ``refuse in a tool block``: the model streams a text block then a tool_use block, and the per-chunk hook
+      refuses on the tool input's first non-empty JSON piece;
+    - ``break mid-stream`` / ``overloaded``: the model raises after its first text delta / answers 529;
     - anything else: the request goes through, with a system prompt added.
     """
 
@@ -93,6 +96,8 @@ class Scenario(CallHook):
             raise RejectRequest(REFUSED_STREAMING)
         if response.get("type") != "content_block_delta":
             return None
+        if prompt == "refuse in a tool block" and response["delta"].get("partial_json"):
+            raise RejectRequest(REFUSED_STREAMING)
         notes["deltas"] = notes.get("deltas", 0) + 1
         if notes["deltas"] == 2:
             if prompt == "refuse mid-stream":
@@ -132,6 +137,13 @@ class Model:
         message = {"id": "msg_down", "type": "message", "role": "assistant", "model": data["model"],
                    "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": 3, "output_tokens": 1}}
+        prompt = prompt_of(data)
+        if prompt == "overloaded":  # the model's own error: it must reach the client as it is
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            await send({"type": "http.response.start", "status": 529,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"3")]})
+            await send({"type": "http.response.body", "body": json.dumps(error).encode()})
+            return
         if data.get("stream") is not True:
             answer = {**message, "content": [{"type": "text", "text": ANSWER}], "stop_reason": "end_turn",
                       "usage": {"input_tokens": 3, "output_tokens": 4}}
@@ -141,7 +153,10 @@ class Model:
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
-        for event in stream_events(message):
+        events = tool_stream_events(message) if prompt == "refuse in a tool block" else stream_events(message)
+        for number, event in enumerate(events):
+            if prompt == "break mid-stream" and number == 4:  # after the first text delta
+                raise RuntimeError("the model broke")
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
@@ -161,9 +176,40 @@ def stream_events(message: dict[str, Any]) -> list[bytes]:
     return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
 
 
-def guarded_app() -> tuple[Any, Model]:
+def tool_stream_events(message: dict[str, Any]) -> list[bytes]:
+    """A text block, then a tool_use block whose input arrives as JSON pieces."""
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": DELTAS[0]}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+         "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    ]
+    return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+
+
+class PreCallOnly(CallHook):
+    """No streaming hook: the middleware passes streams through unparsed."""
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
+    ) -> Any:
+        data["system"] = SYSTEM
+        return data
+
+
+def guarded_app(hook: Any = None) -> tuple[Any, Model]:
+    """The model behind the middleware with ``hook`` (a ``Scenario`` by default)."""
     model = Model()
-    app = LLMHookMiddleware(model, hooks=[Scenario()], enforce_user_param=True, hook_timeout=HOOK_TIMEOUT,
+    app = LLMHookMiddleware(model, hooks=[hook or Scenario()], enforce_user_param=True, hook_timeout=HOOK_TIMEOUT,
                             max_body_bytes=MAX_BODY)
     return app, model
 

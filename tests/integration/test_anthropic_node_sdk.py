@@ -41,7 +41,7 @@ STREAMED = HOWS[1:]
 # The npm SDK's class for each status (its STATUS_ERROR_CLASSES).
 NODE_ERRORS = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
                404: "NotFoundError", 413: "ContentTooLargeError", 429: "RateLimitError",
-               500: "InternalServerError", 503: "ServiceUnavailableError"}
+               500: "InternalServerError", 503: "ServiceUnavailableError", 529: "OverloadedError"}
 
 
 @pytest.fixture
@@ -88,6 +88,8 @@ async def test_every_refusal_parses_as_a_normal_message(server: Server) -> None:
         ("create", request("refuse after"), [REFUSED_POST_CALL]),
         *((how, request("refuse at start"), [REFUSED_STREAMING]) for how in STREAMED),
         *((how, request("refuse mid-stream"), [DELTAS[0], REFUSED_STREAMING]) for how in STREAMED),
+        # a text block, then a tool_use block refused midway: closed, and the refusal in a third block
+        *((how, request("refuse in a tool block"), [DELTAS[0], REFUSED_STREAMING]) for how in STREAMED),
     ]
     outcomes = await run_node(server, [(how, params) for how, params, _ in cases])
 
@@ -105,13 +107,14 @@ async def test_every_refusal_parses_as_a_normal_message(server: Server) -> None:
 async def test_every_error_before_a_stream_raises_the_sdk_error_for_its_status(server: Server) -> None:
     cases: list[tuple[str, dict[str, Any], int, str | None]] = [
         *((how, request(f"status {status}"), status, f"Stopped with {status}.")
-          for how in HOWS for status in (400, 401, 403, 404, 429, 500)),
+          for how in HOWS for status in (400, 401, 403, 404, 429, 500, 529)),
         *((how, request("bug"), 500, "pre_call hook Scenario failed") for how in HOWS),
         *((how, request("slow"), 503, None) for how in HOWS),
         *((how, request("good morning", metadata={}), 400, None) for how in HOWS),
         *((how, request("x" * MAX_BODY), 413, None) for how in HOWS),
         *((how, request("good morning", messages="not a list"), 400, None) for how in HOWS),
         *((how, request("good morning", system=42), 400, None) for how in HOWS),
+        *((how, request("overloaded"), 529, "Overloaded") for how in HOWS),  # the model's own error, unchanged
     ]
     outcomes = await run_node(server, [(how, params) for how, params, _, _ in cases])
 
@@ -125,17 +128,19 @@ async def test_every_error_before_a_stream_raises_the_sdk_error_for_its_status(s
         assert error["type"] == error["body"]["error"]["type"] == ERROR_TYPES[status], (where, error)
         if message is not None:
             assert error["body"]["error"]["message"] == message, where
-            assert error["rejected"] == "pre_call", where
+            from_the_model = params["messages"][0]["content"] == "overloaded"
+            assert error["rejected"] == (None if from_the_model else "pre_call"), where
         if status == 429:
             assert error["retry_after"] == "7", where
         assert outcome["event_types"] == [], where
-    assert server.model.received == []
+    assert [body["messages"][0]["content"] for body in server.model.received] == ["overloaded"] * len(HOWS)
 
 
 async def test_every_error_during_a_stream_raises_the_sdk_stream_error(server: Server) -> None:
     cases = [
         *((how, request(f"status {status} mid-stream"), status) for how in STREAMED for status in (400, 429, 500)),
         *((how, request("slow mid-stream"), 503) for how in STREAMED),
+        *((how, request("break mid-stream"), 500) for how in STREAMED),  # the model raised after its start
     ]
     outcomes = await run_node(server, [(how, params) for how, params, _ in cases])
 
@@ -147,7 +152,7 @@ async def test_every_error_during_a_stream_raises_the_sdk_stream_error(server: S
         assert (error["class"], error["status"], error["is_api_error"]) == ("APIError", None, True), where
         assert error["body"]["type"] == "error", where
         assert error["type"] == ERROR_TYPES[status], where
-        if status != 503:
+        if status not in (500, 503) or "status" in where[1]:
             assert error["body"]["error"]["message"] == f"Stopped with {status}.", where
         assert outcome["event_types"].count("message_start") == 1, where
         assert "message_stop" not in outcome["event_types"], where

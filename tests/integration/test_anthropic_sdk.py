@@ -33,6 +33,8 @@ from tests.anthropic_scenario import (
     REFUSED_STREAMING,
     SDK_ERRORS,
     SYSTEM,
+    PreCallOnly,
+    Scenario,
     Server,
     guarded_app,
     request,
@@ -51,6 +53,16 @@ async def server() -> AsyncIterator[Server]:
 async def claude(server: Server) -> AsyncIterator[anthropic.AsyncAnthropic]:
     async with anthropic.AsyncAnthropic(base_url=server.base_url, api_key="sk-ant-test", max_retries=0) as client:
         yield client
+
+
+@pytest.fixture(params=["streaming hook", "no streaming hook"])
+async def either_claude(request: pytest.FixtureRequest) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """A client of the app with the ``Scenario`` hook (streams parsed), or with a pre-call hook only (streams
+    passed through as bytes): the two stream paths of the middleware."""
+    app, _ = guarded_app(Scenario() if request.param == "streaming hook" else PreCallOnly())
+    async with serve(app) as base_url:
+        async with anthropic.AsyncAnthropic(base_url=base_url, api_key="sk-ant-test", max_retries=0) as client:
+            yield client
 
 
 @dataclass
@@ -172,7 +184,7 @@ async def test_a_refusal_carries_the_rejected_stage_header(claude: anthropic.Asy
 
 
 @pytest.mark.parametrize("how", HOWS)
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 429, 500])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 429, 500, 529])
 async def test_a_hook_status_error_raises_the_sdk_error_for_its_status(
     claude: anthropic.AsyncAnthropic, server: Server, how: str, status: int
 ) -> None:
@@ -288,6 +300,60 @@ async def test_a_hook_timeout_mid_stream_raises_the_sdk_stream_error(
     assert caught.value.body["error"]["type"] == ERROR_TYPES[503]
 
 
+@pytest.mark.parametrize("how", HOWS)
+async def test_the_models_own_error_reaches_the_sdk_as_it_is(
+    either_claude: anthropic.AsyncAnthropic, how: str
+) -> None:
+    with pytest.raises(anthropic.OverloadedError) as caught:
+        await ask(either_claude, how, "overloaded")
+
+    assert caught.value.status_code == 529
+    assert caught.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    assert caught.value.response.headers["retry-after"] == "3"
+    assert "x-llm-guard-rejected" not in caught.value.response.headers
+
+
+@pytest.mark.parametrize("how", ["create-stream", "stream-helper"])
+async def test_the_model_breaking_mid_stream_raises_the_sdk_stream_error(
+    either_claude: anthropic.AsyncAnthropic, how: str
+) -> None:
+    # Guards against an OpenAI-shaped error event (data: {"error": ...} without event: error, or a [DONE]) on the
+    # path that passes a stream through unparsed: the anthropic SDK skips unnamed events and would end quietly.
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await ask(either_claude, how, "break mid-stream")
+
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] == "api_error"
+    assert "the model broke" not in str(caught.value.body)  # the exception's text is logged, not sent
+
+
+@pytest.mark.parametrize("how", ["create-stream", "stream-helper"])
+async def test_a_refusal_in_a_tool_use_block_closes_it_and_adds_a_text_block(
+    claude: anthropic.AsyncAnthropic, how: str
+) -> None:
+    params = request("refuse in a tool block")
+    if how == "create-stream":
+        events = [event async for event in await claude.messages.create(**params, stream=True)]
+        types = [event.type for event in events]
+        starts = [event.content_block.type for event in events if event.type == "content_block_start"]
+        stops = [event.index for event in events if event.type == "content_block_stop"]
+        refusal = [event.delta.text for event in events
+                   if event.type == "content_block_delta" and event.delta.type == "text_delta" and event.index == 2]
+        assert (starts, stops, refusal) == (["text", "tool_use", "text"], [0, 1, 2], [REFUSED_STREAMING])
+        stop_reason = next(event.delta.stop_reason for event in events if event.type == "message_delta")
+    else:
+        async with claude.messages.stream(**params) as helper:
+            types = [event.type async for event in helper]
+            final = await helper.get_final_message()
+        assert [block.type for block in final.content] == ["text", "tool_use", "text"]
+        last = final.content[2]
+        assert last.type == "text" and last.text == REFUSED_STREAMING
+        stop_reason = final.stop_reason
+    assert stop_reason == "end_turn"
+    assert types.count("message_start") == 1 and types[-1] == "message_stop"
+
+
 # -- raw bytes through the real server -----------------------------------------------------------------------
 
 
@@ -365,6 +431,20 @@ async def test_raw_mid_stream_refusal_closes_the_open_block_and_adds_one(server:
     assert events[7][1] == {"type": "content_block_stop", "index": 1}
     assert events[8][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     assert events[9][1] == {"type": "message_stop"}
+
+
+@pytest.mark.parametrize("hook", [Scenario, PreCallOnly])
+async def test_raw_app_breaking_mid_stream_is_an_error_event_then_the_end(hook: Any) -> None:
+    app, model = guarded_app(hook())
+    async with serve(app) as base_url:
+        response = await post_raw(Server(base_url, model), request("break mid-stream", stream=True))
+
+    assert response.status_code == 200
+    assert b"[DONE]" not in response.content
+    events = parse_stream(response.content)
+    assert [name for name, _ in events] == ["message_start", "content_block_start", "ping",
+                                            "content_block_delta", "error"]
+    assert events[-1][1]["error"]["type"] == "api_error"
 
 
 async def test_raw_error_mid_stream_is_one_error_event_then_the_end(server: Server) -> None:
