@@ -243,11 +243,15 @@ def from_exception(exc: BaseException, *, stage: str | None = None) -> GuardErro
 
 
 def log_exception(what: str, exc: BaseException, *, expose: bool = False) -> None:
-    """Log ``exc`` at ERROR with its type and traceback frames, but not its message unless ``expose``.
+    """Log ``exc`` at ERROR with its type and traceback frames, but not its message unless ``expose``; the
+    message goes to a DEBUG record of its own, for the operator who turns DEBUG on for ``asgi_llm_guard``.
 
     A hook's or app's exception text often quotes the prompt or a key (``ValueError(f"bad prompt {data}")``), and
-    logs travel further than responses (SPEC 7); the frames are what a developer needs to find the bug.
+    logs travel further than responses (SPEC 7); the frames are what a developer needs to find the bug, the
+    message what an operator needs to see why it failed (docs/observability.md#logs).
     """
     frames = "".join(traceback.format_tb(exc.__traceback__))
     detail = f"{type(exc).__name__}: {exc}" if expose else f"{type(exc).__name__} (message withheld)"
     logger.error("%s raised %s\nTraceback (most recent call last):\n%s", what, detail, frames.rstrip("\n"))
+    if not expose and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s raised %s: %s", what, type(exc).__name__, exc)
