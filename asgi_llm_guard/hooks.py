@@ -210,20 +210,27 @@ class BoundHook:
         return await _bounded(result, self)
 
     async def _observed(self, arguments: Mapping[str, Any], observer: Observer) -> Any:
+        observer.hook_started(self.stage, self.name)
         started = time.perf_counter()
         outcome = "error"
         try:
             result = self.invoke_off_loop(arguments)
             result = await (result if self.timeout is None else _bounded(result, self))
-            outcome = "ok"
+            if isinstance(result, BaseException):  # a returned exception counts as raised
+                outcome = _outcome_of(result)
+            elif isinstance(result, str) and self.method_name == "async_pre_call_hook":
+                outcome = "refused"
+            else:
+                outcome = "ok"
             return result
         except HookTimeout:
             outcome = "timeout"
             raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
         except Exception as exc:
-            status = status_of(exc)
-            if isinstance(exc, RejectRequest) or (status is not None and status < 500 and not is_dependency_error(exc)):
-                outcome = "rejected"
+            outcome = _outcome_of(exc)
             raise
         finally:
             observer.hook_finished(self.stage, self.name, time.perf_counter() - started, outcome)
@@ -245,6 +252,13 @@ async def _in_thread(hook: BoundHook, arguments: Mapping[str, Any]) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+def _outcome_of(exc: BaseException) -> str:
+    status = status_of(exc)
+    if isinstance(exc, RejectRequest) or (status is not None and status < 500 and not is_dependency_error(exc)):
+        return "rejected"
+    return "error"
 
 
 if sys.version_info >= (3, 11):

@@ -45,8 +45,10 @@ from .litellm_adapter import (
     is_litellm_identity,
     note_received,
 )
+from .multipart import MISSING as MULTIPART_MISSING
 from .multipart import FormBody, is_multipart, parse_form
-from .observe import Observer
+from .multipart import available as multipart_available
+from .observe import Observer, combine
 from .options import check_options
 from .pipeline import ResponsePipeline
 from .request_headers import scan_headers, treated_as_post
@@ -84,8 +86,9 @@ class LLMHookMiddleware:
         hook_timeout: float | None = None,
         moderation: str = "parallel",
         expose_hook_errors: bool = False,
-        observer: Observer | None = None,
+        observer: Observer | Iterable[Observer] | None = None,
     ) -> None:
+        observer = combine(observer)  # a list of observers is one MultiObserver
         check_options(
             hooks=hooks, enforce_user_param=enforce_user_param, routes=routes, max_body_bytes=max_body_bytes,
             auth=auth, cache=cache, hook_timeout=hook_timeout, moderation=moderation,
@@ -110,6 +113,11 @@ class LLMHookMiddleware:
         #: The CustomGuardrails among the hooks (docs/guardrails.md); None when there are none, which costs nothing.
         self.guardrails = engine if engine.guardrails else None
         self.routes = RouteTable(routes)
+        if "audio_transcription" in self.routes.call_types and not multipart_available():
+            # Not an ImportError: python-multipart is an extra most services never need, and raising would make
+            # everyone without it remove four routes; a warning at start-up names the fix, and an upload on those
+            # routes is a 501 in the route's format, never an unguarded request (docs/routes.md).
+            logger.warning("%s", MULTIPART_MISSING)
         self.enforce_user_param = enforce_user_param
         self.max_body_bytes = max_body_bytes
         self.auth = auth
@@ -218,6 +226,8 @@ class GuardedCall(CallState):
                 except GuardError as error:
                     raise Halt(error, error) from None
                 self._parse(body)
+                if observer is not None:
+                    observer.request_parsed(self.call_type, self.model)
                 del body  # the parsed data is what counts now; a body at the size limit must not be held twice
                 receive = ReplayedReceive(self.receive)
                 if host is not None:

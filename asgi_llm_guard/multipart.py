@@ -29,6 +29,8 @@ re-encoded copy would be twice the size of the request. python-multipart itself 
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,7 +41,24 @@ import orjson
 from .bodies import forwarded_too_large
 from .errors import GuardError
 
-__all__ = ["FormBody", "FormFile", "is_multipart", "parse_form"]
+__all__ = ["FormBody", "FormFile", "available", "is_multipart", "parse_form"]
+
+logger = logging.getLogger("asgi_llm_guard")
+
+#: What the middleware logs when it guards the audio routes without python-multipart installed.
+MISSING = (
+    "the audio routes (/audio/transcriptions, /audio/translations) are guarded, but reading their "
+    "multipart/form-data uploads needs python-multipart >= 0.0.13, which is not installed: "
+    "pip install 'asgi-llm-guard[multipart]' (until then such uploads are answered with a 501), or stop guarding "
+    "them with routes={'/audio/transcriptions': None, '/audio/translations': None, "
+    "'/openai/deployments/{deployment}/audio/transcriptions': None, "
+    "'/openai/deployments/{deployment}/audio/translations': None}"
+)
+
+
+def available() -> bool:
+    """Whether ``python-multipart`` can be imported (checked once, at the middleware's construction)."""
+    return importlib.util.find_spec("python_multipart") is not None
 
 _MEDIA_TYPE = b"multipart/form-data"
 _DEFAULT_FILE_TYPE = "application/octet-stream"
@@ -162,16 +181,14 @@ def parse_form(
     or has no boundary, when the form is malformed or truncated (no closing boundary), when it has more than
     ``max_fields`` text fields or ``max_files`` files, when a part has no field name or uses a
     ``Content-Transfer-Encoding`` other than 7bit/8bit/binary, when a name is given both as a file and as text,
-    and when a field name or text field is not UTF-8. Raises :class:`ImportError` naming the ``multipart`` extra
-    when ``python-multipart`` is not installed.
+    and when a field name or text field is not UTF-8. Without ``python-multipart`` it raises a 501
+    :class:`~asgi_llm_guard.errors.GuardError` (the middleware warned at construction: :data:`MISSING`).
     """
     try:
         from python_multipart.multipart import MultipartParser, parse_options_header
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "parsing multipart/form-data bodies (audio transcriptions and translations) needs python-multipart "
-            ">= 0.0.13: pip install 'asgi-llm-guard[multipart]'"
-        ) from exc
+    except ImportError as exc:  # without the extra: see docs/routes.md#audio-uploads-multipartform-data
+        logger.error("%s", MISSING)
+        raise GuardError(501, "This service cannot read multipart/form-data uploads.") from exc
 
     media_type, options = parse_options_header(content_type)
     if media_type != _MEDIA_TYPE:

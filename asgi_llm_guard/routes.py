@@ -199,6 +199,8 @@ class RouteTable:
                 )
             segments = _pattern_segments(pattern)
             merged[_shape(segments)] = (segments, call_type)
+        #: The call types some pattern guards.
+        self.call_types = frozenset(call_type for _, call_type in merged.values() if call_type is not None)
         self._root = _Node()
         for segments, call_type in merged.values():
             node = self._root

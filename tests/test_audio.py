@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from typing import Any
 
@@ -173,3 +175,65 @@ async def test_a_hook_that_lengthens_a_form_past_max_body_bytes_is_a_413() -> No
         response = await c.post("/v1/audio/transcriptions", **form(make_wav(0.1)))
     assert response.status_code == 413
     assert received == []
+
+
+# -- without python-multipart (the [multipart] extra) -------------------------------------------------------------
+
+AUDIO_ROUTES_OFF = {
+    "/audio/transcriptions": None,
+    "/audio/translations": None,
+    "/openai/deployments/{deployment}/audio/transcriptions": None,
+    "/openai/deployments/{deployment}/audio/translations": None,
+}
+
+
+@pytest.fixture
+def no_multipart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if python-multipart were not installed: importing it fails, as it would."""
+    for name in ("python_multipart", "python_multipart.multipart"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_without_python_multipart_construction_warns_with_the_fix(
+    no_multipart: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asgi_llm_guard")
+    LLMHookMiddleware(downstream, hooks=[RewritePrompt()])
+    (record,) = [r for r in caplog.records if r.name == "asgi_llm_guard"]
+    assert record.levelno == logging.WARNING
+    assert "pip install 'asgi-llm-guard[multipart]'" in record.getMessage()
+    assert "routes={'/audio/transcriptions': None" in record.getMessage()
+
+
+def test_without_python_multipart_and_no_audio_route_nothing_is_logged(
+    no_multipart: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asgi_llm_guard")
+    LLMHookMiddleware(downstream, hooks=[RewritePrompt()], routes=AUDIO_ROUTES_OFF)
+    assert [r for r in caplog.records if r.name == "asgi_llm_guard"] == []
+
+
+async def test_without_python_multipart_an_upload_is_a_501_json_error_never_unguarded(no_multipart: None) -> None:
+    """Regression: it was a plain-text 500 from an ImportError raised in the middle of the request."""
+    hook = RewritePrompt()
+    received.clear()
+    async with client(LLMHookMiddleware(downstream, hooks=[hook])) as http:
+        response = await http.post("/v1/audio/transcriptions", **form(make_wav()))
+    assert response.status_code == 501
+    assert response.json() == {
+        "error": {
+            "message": "This service cannot read multipart/form-data uploads.",
+            "type": "internal_server_error",
+            "param": None,
+            "code": "501",
+        }
+    }
+    assert hook.seen == [] and received == []  # neither the hooks nor the app saw an unchecked upload
+
+
+async def test_without_python_multipart_json_on_the_audio_route_still_works(no_multipart: None) -> None:
+    hook = RewritePrompt()
+    async with client(LLMHookMiddleware(downstream, hooks=[hook])) as http:
+        response = await http.post("/v1/audio/transcriptions", json={"model": "whisper-1", "prompt": "hi"})
+    assert response.status_code != 501  # the downstream here only reads forms: what it answers is its own
+    assert hook.seen == [({"model": "whisper-1", "prompt": "hi"}, "audio_transcription")]

@@ -10,6 +10,7 @@
 - ``GenericGuardrailAPI``: any guard service speaking LiteLLM's Generic Guardrail API, as a guardrail.
 - ``ParallelRequestLimiter``: parallel, per-minute request and token limits, shared through the ``DualCache``.
 - ``PrometheusObserver``: Prometheus metrics (``asgi-llm-guard[prometheus]``), imported on first use.
+- ``OpenTelemetryObserver``: OpenTelemetry spans (``asgi-llm-guard[otel]``), imported on first use.
 """
 
 from typing import Any
@@ -19,14 +20,18 @@ from .limiter import LimiterObserver, ParallelRequestLimiter
 from .moderation_endpoint import ModerationEndpointHook
 from .pattern_guard import PromptPatternGuard
 
-__all__ = ["GenericGuardrailAPI", "LimiterObserver", "ModerationEndpointHook", "ParallelRequestLimiter",
-           "PrometheusObserver", "PromptPatternGuard"]
+__all__ = ["GenericGuardrailAPI", "LimiterObserver", "ModerationEndpointHook", "OpenTelemetryObserver",
+           "ParallelRequestLimiter", "PrometheusObserver", "PromptPatternGuard"]
 
 
 def __getattr__(name: str) -> Any:
-    # prometheus-client is an optional extra: import it only when asked for.
+    # prometheus-client and opentelemetry-api are optional extras: import them only when asked for.
     if name == "PrometheusObserver":
         from .prometheus import PrometheusObserver
 
         return PrometheusObserver
+    if name == "OpenTelemetryObserver":
+        from .otel import OpenTelemetryObserver
+
+        return OpenTelemetryObserver
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,8 @@ name                                           type        labels and meaning
 ``llm_guard_hook_duration_seconds``            histogram   ``stage``, ``hook``: each hook call (``hook`` is the
                                                            hook's class name)
 ``llm_guard_hook_failures_total``              counter     ``stage``, ``hook``, ``outcome``: hook calls that
-                                                           raised (``error``) or timed out (``timeout``)
+                                                           rejected (``rejected``), raised (``error``) or
+                                                           timed out (``timeout``)
 ``llm_guard_moderation_held_seconds``          histogram   how long the app's response waited for moderation
                                                            hooks (0 when they finished first)
 ``llm_guard_limiter_rejections_total``         counter     ``limit``: ``parallel``, ``rpm`` or ``tpm`` 429s of a
@@ -44,6 +45,7 @@ from ..observe import Observer
 
 __all__ = ["PrometheusObserver"]
 
+_FAILURES = frozenset({"rejected", "error", "timeout"})
 #: Hook calls are usually fast (a regex) but may call a service (moderation endpoints).
 HOOK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Whole LLM requests, streams included, can take minutes.
@@ -154,7 +156,7 @@ class PrometheusObserver(Observer):
 
     def hook_finished(self, stage: str, hook: str, seconds: float, outcome: str) -> None:
         self.hook_duration.labels(stage, hook).observe(seconds)
-        if outcome != "ok":
+        if outcome in _FAILURES:  # a refusal is counted by rejections_total; a cancelled call did not fail
             self.hook_failures_total.labels(stage, hook, outcome).inc()
 
     def request_rejected(self, stage: str | None, hook: str | None, status: int, kind: str) -> None:
