@@ -171,12 +171,38 @@ class LLMHookMiddleware:
 
 
 
+#: Seconds a request waits, after answering, for an app it cancelled (a moderation rejection) to stop.
+_APP_STOP_GRACE = 5.0
+
+
+async def _await_stopped(app_task: asyncio.Future[Any]) -> None:
+    """Wait (bounded) for a cancelled app task to end, once the client has its answer. An app that swallows its
+    cancellation and runs on past ``_APP_STOP_GRACE`` is cancelled once more and left to end on its own, logged:
+    awaiting it longer would hold the request (and, for a server, the connection) for as long as it runs."""
+    app_task.add_done_callback(_retrieve)  # an app's error after a rejection is of no interest to anyone
+    if not app_task.done():
+        await asyncio.wait((app_task,), timeout=_APP_STOP_GRACE)
+    if app_task.done():
+        return
+    logger.error(
+        "the downstream app ignored its cancellation (after a moderation rejection) for %gs; it was cancelled "
+        "again and is left to end on its own",
+        _APP_STOP_GRACE,
+    )
+    app_task.cancel()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class GuardedCall(CallState):
     """The flow of one guarded request; never shared between requests."""
 
     __slots__ = (
         "guard", "scope", "receive", "content_type", "form", "pipeline", "forwarded_headers",
-        "_header_error", "_key_digest", "_active", "_watcher", "_watch_args",
+        "_header_error", "_key_digest", "_active", "_watcher", "_watch_args", "_stopping_app",
     )
 
     def __init__(
@@ -191,6 +217,7 @@ class GuardedCall(CallState):
         self._active = True
         self._watcher: asyncio.Task[None] | None = None
         self._watch_args: tuple[ReplayedReceive, asyncio.Task[Any]] | None = None
+        self._stopping_app: asyncio.Future[Any] | None = None  # the app, cancelled after a moderation rejection
         head = scan_headers(scope["headers"], guard.max_body_bytes, not guard.plain_responses)
         self.forwarded_headers, self.content_type, self._key_digest, self._header_error = head
 
@@ -203,18 +230,21 @@ class GuardedCall(CallState):
         if observer is not None:
             started = time.perf_counter()
             observer.request_started(self.call_type)
-        watching = False
         try:
             try:
-                if self.guard.auth is None:
+                auth = self.guard.auth
+                if auth is None:
                     # api_key and user_id, by position: keyword arguments to a class cost a dict per call.
                     self.user = UserAPIKeyAuth(
                         self._key_digest,
                         scope_user_id(self.scope) if "user" in self.scope else None,
                     )
-                else:
-                    await self._authenticate(self.guard.auth)
+                # With an auth callable the body is read first, so that the request is watched for a disconnect
+                # while the callable runs (a hanging key store must not outlive the client); its errors still
+                # come before the body's.
                 if self._header_error is not None:
+                    if auth is not None:
+                        await self._authenticate_watched(auth, ReplayedReceive(self.receive), host)
                     raise Halt(self._header_error, self._header_error)
                 try:
                     message = await self.receive()
@@ -224,16 +254,18 @@ class GuardedCall(CallState):
                         del message
                         body = await read_body(self.receive, self.guard.max_body_bytes, first)
                 except GuardError as error:
+                    if auth is not None:
+                        await self._authenticate_watched(auth, ReplayedReceive(self.receive), host)
                     raise Halt(error, error) from None
+                receive = ReplayedReceive(self.receive)
+                if auth is not None:
+                    await self._authenticate_watched(auth, receive, host)
                 self._parse(body)
                 if observer is not None:
                     observer.request_parsed(self.call_type, self.model)
                 del body  # the parsed data is what counts now; a body at the size limit must not be held twice
-                receive = ReplayedReceive(self.receive)
-                if host is not None:
-                    self._watch_args = (receive, host)
-                    self.guard.disconnects.add(self)
-                    watching = True
+                if host is not None and self._watch_args is None:
+                    self._watch(receive, host)
                 self.args = {
                     "user_api_key_dict": self.user,
                     "cache": self.guard.cache,
@@ -279,10 +311,11 @@ class GuardedCall(CallState):
                 await self.report_failure(ClientDisconnected())
         finally:
             self._active = False
-            if watching:
+            if self._watch_args is not None:
                 self.guard.disconnects.discard(self)
             if self._watcher is not None:
                 self._watcher.cancel()
+            stopping_app, self._stopping_app = self._stopping_app, None
             pipeline = self.pipeline
             if pipeline.stream is not None:
                 await pipeline.close()
@@ -294,6 +327,8 @@ class GuardedCall(CallState):
                 if observer is not None:
                     observer.request_finished(self.call_type, status, time.perf_counter() - started)
             self._end()
+            if stopping_app is not None:  # last: the answer went out, and the request is otherwise over
+                await _await_stopped(stopping_app)
 
     def _end(self) -> None:
         """Drop the references that tie this request's objects into cycles (the pipeline and its stream point
@@ -321,13 +356,25 @@ class GuardedCall(CallState):
                     raise
                 log_hook_exception(hook, exc, self.guard.expose_hook_errors)
 
+    def _watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
+        """Watch this request for its client's disconnect from now on (see :class:`DisconnectWatch`)."""
+        self._watch_args = (receive, host)
+        self.guard.disconnects.add(self)
+
+    async def _authenticate_watched(
+        self, auth: AuthCallable, receive: ReplayedReceive, host: asyncio.Task[Any] | None
+    ) -> None:
+        if host is not None:
+            self._watch(receive, host)
+        await self._authenticate(auth)
+
     def start_watch(self) -> None:
         """Called by the middleware's :class:`DisconnectWatch` for a request still running after a while."""
         if self._active and self._watch_args is not None:
             receive, host = self._watch_args
-            self._watcher = asyncio.get_running_loop().create_task(self._watch(receive, host))
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive, host))
 
-    async def _watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
+    async def _watch_disconnect(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
         """Cancel the request when the client leaves before its response ended (SPEC 6)."""
         await receive.disconnected()
         if self._active and not self.pipeline.done:
@@ -428,8 +475,9 @@ class GuardedCall(CallState):
         except BaseException:
             pipeline.drop()
             app_task.cancel()
-            with contextlib.suppress(BaseException):
-                await app_task
+            # Not awaited here: the client's answer must not wait for an app that is slow to stop (or swallows
+            # its cancellation). run() awaits it after answering, bounded by _APP_STOP_GRACE.
+            self._stopping_app = app_task
             raise
         if self.guard.observer is not None:
             self.guard.observer.moderation_held(pipeline.held_for())
@@ -437,8 +485,7 @@ class GuardedCall(CallState):
             await pipeline.release()
         except BaseException:
             app_task.cancel()
-            with contextlib.suppress(BaseException):
-                await app_task
+            self._stopping_app = app_task
             if pipeline.done:
                 return
             raise

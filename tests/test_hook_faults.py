@@ -21,10 +21,10 @@ import pytest
 from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from asgi_llm_guard import LLMHookMiddleware, UserAPIKeyAuth
+from asgi_llm_guard import LLMHookMiddleware, UserAPIKeyAuth, middleware
 
 from .apps import Script, body_messages, chat, chat_chunk, http_scope, sse
-from .asgi_checks import Failures, assert_legal
+from .asgi_checks import Failures, assert_legal, assert_no_new_tasks
 from .servers import serve
 from .test_faults import JSON_STEPS, SSE_STEPS, START_SSE, App, body, drive, error_of, guard, stream_payloads
 
@@ -509,3 +509,145 @@ async def test_a_sync_per_chunk_hook_sees_every_chunk_at_a_bounded_cost() -> Non
     assert [p["n"] for p in payloads[:-1]] == list(range(1, 2001)) and payloads[-1] == "[DONE]"
     assert sync_hook.calls == 2000
     assert sync_took / 2000 < 0.002, (sync_took, async_took)
+
+
+# -- a hanging auth callable is cancelled when the client leaves ---------------------------------------------------
+
+
+class HangingAuth:
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = 0
+
+    async def __call__(self, scope: Any) -> UserAPIKeyAuth:
+        self.started.set()
+        try:
+            await asyncio.sleep(30)  # a key store that does not answer
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return UserAPIKeyAuth()
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+async def test_a_hanging_auth_callable_is_cancelled_when_the_client_leaves(parts: int) -> None:
+    # Regression: disconnects were watched only after the body was read, which came after auth: a hanging auth
+    # callable outlived its client (and held the request) for as long as it hung.
+    auth = HangingAuth()
+    down = App(JSON_STEPS)
+    app, failures = guard(down, auth=auth)
+    script = await drive(app, messages=body_messages(orjson.dumps(chat()), parts=parts), disconnect_on=auth.started,
+                         timeout=2)
+    assert script.sent == []
+    assert auth.cancelled == 1
+    assert down.state == "not called"
+    assert [getattr(e, "status_code", None) for e in failures.exceptions] == [499]
+
+
+async def test_a_hanging_auth_callable_on_a_request_with_a_bad_body_is_cancelled_too() -> None:
+    auth = HangingAuth()
+    app, failures = guard(App(JSON_STEPS), auth=auth, max_body_bytes=10)
+    script = await drive(app, disconnect_on=auth.started, timeout=2)
+    assert script.sent == [] and auth.cancelled == 1
+    assert [getattr(e, "status_code", None) for e in failures.exceptions] == [499]
+
+
+@pytest.mark.parametrize("max_body_bytes", [10, 10_000])
+async def test_an_auth_error_still_comes_before_a_body_error(max_body_bytes: int) -> None:
+    async def auth(scope: Any) -> UserAPIKeyAuth:
+        raise HTTPException(401, "unknown key")
+
+    down = App(JSON_STEPS)
+    app, failures = guard(down, auth=auth, max_body_bytes=max_body_bytes)
+    script = await drive(app, messages=body_messages(b'{"not json', parts=2))
+    assert error_of(script, 401)["message"] == "unknown key"
+    assert down.state == "not called" and len(failures.exceptions) == 1
+
+
+async def test_a_body_error_after_a_passing_auth_callable() -> None:
+    async def auth(scope: Any) -> UserAPIKeyAuth:
+        return UserAPIKeyAuth(user_id="u")
+
+    app, _ = guard(App(JSON_STEPS), auth=auth, max_body_bytes=10)
+    script = await drive(app)
+    assert error_of(script, 413)
+
+
+# -- a moderation rejection does not wait for an app that is slow to stop ------------------------------------------
+
+
+class Rejects:
+    async def async_moderation_hook(self, data: dict, user_api_key_dict: Any, call_type: str) -> None:
+        await asyncio.sleep(0.02)
+        raise HTTPException(400, "blocked by moderation")
+
+
+class StubbornApp:
+    """Sends its start, then swallows the first cancellation and runs on for ``linger`` seconds."""
+
+    def __init__(self, linger: float) -> None:
+        self.linger = linger
+        self.swallowed = 0
+        self.state = "not called"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.state = "running"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.swallowed += 1
+            self.state = "swallowed"
+        try:
+            await asyncio.sleep(self.linger)  # "cleaning up" for a while
+        except asyncio.CancelledError:
+            self.state = "cancelled again"
+            raise
+        self.state = "finished late"
+
+
+class TimedScript(Script):
+    answered_at: float | None = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await super().send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.answered_at = asyncio.get_running_loop().time()
+
+
+async def run_timed(app: Any) -> tuple[TimedScript, float, float]:
+    loop = asyncio.get_running_loop()
+    before = asyncio.all_tasks()
+    script = TimedScript(body_messages(orjson.dumps(chat())))
+    began = loop.time()
+    await app(http_scope(), script.receive, script.send)
+    ended = loop.time()
+    await assert_no_new_tasks(before)
+    assert script.answered_at is not None
+    return script, script.answered_at - began, ended - began
+
+
+async def test_a_moderation_rejection_is_answered_before_an_app_that_swallows_cancellation_stops() -> None:
+    # Regression: the rejection awaited the cancelled app, so its client waited as long as the app ran on.
+    down = StubbornApp(linger=0.8)
+    app, failures = guard(down, Rejects())
+    script, answered, ended = await run_timed(app)
+    assert error_of(script, 400)["message"] == "blocked by moderation"
+    assert answered < 0.4, answered  # the rejection (about 0.02 s), not the app's 0.8 s
+    assert down.state == "finished late" and ended >= 0.8  # awaited in the background, within the grace
+    assert len(failures.exceptions) == 1
+
+
+async def test_an_app_running_on_past_the_grace_is_cancelled_again_and_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(middleware, "_APP_STOP_GRACE", 0.2)  # 5 s in production; the wait is what is tested
+    down = StubbornApp(linger=30)
+    app, _ = guard(down, Rejects())
+    script, answered, ended = await run_timed(app)
+    assert error_of(script, 400)["message"] == "blocked by moderation"
+    assert answered < 0.15, answered
+    assert 0.2 <= ended < 1.0, ended  # bounded by the grace, not the app's 30 s
+    await asyncio.sleep(0)
+    assert down.state == "cancelled again"
+    assert "ignored its cancellation" in caplog.text
