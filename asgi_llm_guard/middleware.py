@@ -57,6 +57,8 @@ from .routes import RouteMatch, RouteTable
 logger = logging.getLogger("asgi_llm_guard")
 
 MiB = 1024 * 1024
+#: ASGI extensions with which the server, not the app, sends the body bytes (`http.response.pathsend`, zero-copy).
+_BODYLESS_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
 AuthCallable = Callable[[Scope], Awaitable[UserAPIKeyAuth]]
 
 
@@ -439,6 +441,11 @@ class GuardedCall(CallState):
         headers.append((b"content-length", str(len(body)).encode()))
         scope = dict(self.scope)
         scope["headers"] = headers
+        extensions = scope.get("extensions")
+        if extensions and not self.plain_response and _BODYLESS_SENDS.intersection(extensions):
+            # A hook reads the answer: the app must send it as body messages, not have the server send a file
+            # (no hook could see it; docs/reference.md#unreadable-responses).
+            scope["extensions"] = {k: v for k, v in extensions.items() if k not in _BODYLESS_SENDS}
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}

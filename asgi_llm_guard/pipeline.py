@@ -56,6 +56,8 @@ _PASS, _SUCCESS, _UPSTREAM_ERROR, _STREAM, _SNIFF, _TEXT = range(6)
 _JSON, _SSE, _OTHER, _EMPTY = range(4)
 #: The SSE field names a stream's first line may carry (a compliant client reads any of them, `:` starts a comment).
 _SSE_FIELDS = (b"data", b"event", b"id", b"retry")
+#: Messages with which the server, not the app, sends the body (the ASGI pathsend and zero-copy extensions).
+_BODYLESS_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
 _SNIFF_BYTES = 16  # enough to tell `retry:` from a word; the rest of the body is never looked at here
 
 #: Body bytes held while moderation runs before the app's ``send`` waits for moderation to pass.
@@ -328,6 +330,13 @@ class ResponsePipeline:
         if kind == "http.response.trailers":
             await self._forward_trailers(message)
             return
+        if kind in _BODYLESS_SENDS and self._mode != _PASS and not self.done:
+            # The body as a file the server sends itself: no hook would see it (the middleware does not offer these
+            # extensions to the app when hooks read the answer; docs/reference.md#unreadable-responses).
+            await self._unreadable("it was sent as a file", "streaming" if self._mode == _STREAM else "post_call",
+                                   b"", True)
+            if self.done:
+                return
         if self._start is not None:  # a message type we do not know, after a held start: the start must go first
             await self.emit_start()
         await self.emit(message)

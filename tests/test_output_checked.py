@@ -356,3 +356,41 @@ async def test_an_answer_a_logging_only_guardrail_cannot_read_passes_and_is_reco
     script = await drive(app, chat())
     assert (script.status, script.body) == (200, SECRET.encode())
     assert ("monitor", "logging_only", "not_run") in [seen[:3] for seen in decisions.seen]
+
+
+# -- bodies the server would send itself -----------------------------------------------------------------------
+
+
+async def test_the_app_is_not_offered_pathsend_when_a_hook_reads_the_answer(tmp_path: Any) -> None:
+    """Starlette's FileResponse sends `http.response.pathsend` when the server offers it (granian does): the
+    server would then send the file, past every hook. The app is not offered it, so it sends body messages."""
+    from starlette.responses import FileResponse
+
+    answer = tmp_path / "answer.json"
+    answer.write_bytes(orjson.dumps(ANSWER))
+    offered: list[Any] = []
+
+    async def files(scope: Any, receive: Any, send: Any) -> None:
+        offered.append(dict(scope.get("extensions", {})))
+        await receive_body(receive)
+        await FileResponse(answer, media_type="application/json")(scope, receive, send)
+
+    hook = Redact()
+    scope = http_scope()
+    scope["extensions"] = {"http.response.pathsend": {}, "http.response.early_hint": {}}
+    script = Script(body_messages(orjson.dumps(chat())))
+    await LLMHookMiddleware(files, hooks=[hook])(scope, script.receive, script.send)
+    assert_legal(script.sent)
+    assert offered == [{"http.response.early_hint": {}}]
+    assert b"1234" not in script.body and len(hook.success) == 1
+
+
+async def test_a_pathsend_a_hook_cannot_read_is_a_502() -> None:
+    async def sends_a_file(scope: Any, receive: Any, send: Any) -> None:
+        await receive_body(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": [JSON]})
+        await send({"type": "http.response.pathsend", "path": "/etc/hostname"})
+
+    script = await drive(LLMHookMiddleware(sends_a_file, hooks=[SuccessOnly()]), chat())
+    assert script.status == 502
+    assert all(message["type"] != "http.response.pathsend" for message in script.sent)
