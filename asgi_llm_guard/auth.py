@@ -73,6 +73,7 @@ class UserAPIKeyAuth:
     budget_reservation: Any = None
     parent_otel_span: Any = None
     request_route: str | None = None
+    is_session_token: bool = False
 
     def __init__(
         self,

@@ -209,8 +209,10 @@ _DEPENDENCY_ERRORS = (
     ("requests", "RequestException"),
     ("aiohttp", "ClientError"),
 )
-#: LiteLLM's refusals subclass ``openai.APIError`` but are raised on purpose, to answer the client.
-_RAISED_ON_PURPOSE = frozenset({"RejectedRequestError", "ModifyResponseException"})
+#: LiteLLM's refusals subclass ``openai.APIError`` but are raised on purpose, to answer the client; so do the
+#: errors that are also an ``HTTPException`` (LiteLLM's limiter raises ``ProxyRateLimitError``, both a
+#: ``RateLimitError`` and an ``HTTPException``, for its 429: docs/litellm.md).
+_RAISED_ON_PURPOSE = frozenset({"RejectedRequestError", "ModifyResponseException", "HTTPException"})
 
 #: The message suffix of a hook's (or the app's) dependency failure.
 DEPENDENCY_FAILED = "upstream dependency error"

@@ -28,6 +28,7 @@ class itself); a plain exception is our 500 naming the hook, not the exception's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -147,8 +148,64 @@ _lib: _Lib | None = None
 def lib() -> _Lib:
     global _lib
     if _lib is None:
+        _install_proxy_state()
         _lib = _Lib()
     return _lib
+
+
+#: What LiteLLM's hooks read from the proxy's module when no proxy runs: no router, no database, no settings.
+_PROXY_STATE: dict[str, Any] = {
+    "llm_router": None,
+    "prisma_client": None,
+    "general_settings": {},
+    "proxy_logging_obj": None,
+    "premium_user": False,
+    "master_key": None,
+    "llm_model_list": None,
+    "proxy_config": None,
+    "user_api_key_cache": None,
+    "configured_max_request_size_mb": None,
+    "litellm_proxy_admin_name": "default_user_id",
+}
+
+
+def _install_proxy_state() -> None:
+    """Stand in for ``litellm.proxy.proxy_server`` unless it is already imported.
+
+    LiteLLM's hooks look up the proxy's router and database at call time (``from litellm.proxy.proxy_server
+    import llm_router``). Importing that module builds the whole proxy (its FastAPI app, scheduler and config:
+    seconds, and dependencies of its own); without a proxy the answer is "none", which the hooks handle as a
+    proxy without a router or database does. Any other name fails the import with a message saying why, so a
+    hook that needs the proxy fails (a 500), never passes requests unchecked (docs/litellm.md)."""
+    name = "litellm.proxy.proxy_server"
+    if name in sys.modules:
+        return
+    import types
+
+    import litellm.proxy
+    from litellm.proxy import _types as proxy_types
+
+    module = types.ModuleType(name, "asgi_llm_guard's stand-in for the LiteLLM proxy's module state (no proxy runs)")
+    module.__dict__.update(_PROXY_STATE)
+    module.__dict__["general_settings"] = {}
+    for exported in ("UserAPIKeyAuth", "CommonProxyErrors", "LiteLLM_TeamTable"):
+        if hasattr(proxy_types, exported):
+            module.__dict__[exported] = getattr(proxy_types, exported)
+
+    class StreamingCallbackError(Exception):
+        pass
+
+    module.__dict__["StreamingCallbackError"] = StreamingCallbackError
+
+    def missing(attribute: str) -> Any:
+        raise AttributeError(
+            f"litellm.proxy.proxy_server.{attribute} belongs to the LiteLLM proxy, which does not run under "
+            f"LLMHookMiddleware: a hook that needs it cannot run here (see docs/litellm.md)"
+        )
+
+    module.__dict__["__getattr__"] = missing
+    sys.modules[name] = module
+    litellm.proxy.proxy_server = module
 
 
 class _RequestState:
@@ -347,7 +404,7 @@ class _Calls:
         except Exception as exc:
             raise self._refused(exc) from exc
         _state(data).response = typed if result is None else result
-        if result is None:
+        if result is None or result is typed:  # kept (many hooks return the response they were given)
             if typed is response:
                 return None  # the JSON itself, edited in place or not
             after = _dump(typed)
@@ -433,6 +490,10 @@ class _Calls:
                 yield chunk
 
     async def _log_event(self, request_data: Any, user_api_key_dict: Any, status_code: Any, call_type: Any) -> None:
+        # The proxy logs a request well after its hooks ran, so what they started in tasks of their own (the
+        # limiter writes its counters in one) is done first; a fast request here could otherwise be logged
+        # before that task ran, and the task would then overwrite the release with the count it took.
+        await asyncio.sleep(0)
         state = _state(request_data)
         ended = time.time()
         failed = status_code >= 400 or state.exception is not None

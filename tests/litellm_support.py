@@ -31,3 +31,33 @@ async def sdk(app: Any, api_key: str = "sk-test") -> AsyncIterator[openai.AsyncO
     async with serve(app) as base_url:
         async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0) as client:
             yield client
+
+
+class FakeService:
+    """A small local stand-in for a paid service a LiteLLM class calls (Lakera, Presidio, ...): an ASGI app that
+    records each JSON request as ``(path, body)`` and answers ``handler(path, body)`` as JSON."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.requests: list[tuple[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import orjson
+
+        from tests.apps import read_request
+
+        body = await read_request(scope, receive, send)
+        if body is None:
+            return
+        payload = orjson.loads(body) if body else None
+        self.requests.append((scope["path"], payload))
+        status, answer = self.handler(scope["path"], payload)
+        raw = orjson.dumps(answer)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": raw})
