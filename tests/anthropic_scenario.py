@@ -134,6 +134,13 @@ class Model:
                 break
         data = json.loads(body)
         self.received.append(data)
+        if scope["path"].endswith(("/count_tokens", "/batches")):  # Anthropic's side routes: never guarded
+            answer = {"input_tokens": 7} if scope["path"].endswith("/count_tokens") else {
+                "id": "msgbatch_1", "type": "message_batch", "processing_status": "in_progress"}
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+            return
         message = {"id": "msg_down", "type": "message", "role": "assistant", "model": data["model"],
                    "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": 3, "output_tokens": 1}}

@@ -20,7 +20,10 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from asgi_llm_guard import CallHook, LLMHookMiddleware
 from tests.anthropic_scenario import (
     ANSWER,
     DELTAS,
@@ -33,6 +36,7 @@ from tests.anthropic_scenario import (
     REFUSED_STREAMING,
     SDK_ERRORS,
     SYSTEM,
+    Model,
     PreCallOnly,
     Scenario,
     Server,
@@ -178,6 +182,67 @@ async def test_a_refusal_carries_the_rejected_stage_header(claude: anthropic.Asy
     assert raw.status_code == 200
     assert raw.headers["x-llm-guard-rejected"] == "pre_call"
     assert raw.headers["content-type"].startswith("application/json")
+
+
+class JoinTextDeltas(CallHook):
+    """An iterator hook that buffers the whole stream and sends its text as one delta (a window of one stream)."""
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: AsyncIterator[dict[str, Any]], request_data: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        events = [event async for event in response]
+        deltas = [e for e in events if e.get("type") == "content_block_delta"]
+        joined = "".join(e["delta"]["text"] for e in deltas).replace("friend", "reader")
+        for event in events:
+            if event.get("type") != "content_block_delta":
+                yield event
+            elif event is deltas[0]:
+                yield {**event, "delta": {"type": "text_delta", "text": joined}}
+
+
+@pytest.mark.parametrize("how", ["create-stream", "stream-helper"])
+async def test_an_iterator_hook_buffers_and_rewrites_the_events(how: str) -> None:
+    app, _ = guarded_app(JoinTextDeltas())
+    async with serve(app) as base_url:
+        async with anthropic.AsyncAnthropic(base_url=base_url, api_key="sk-ant-test", max_retries=0) as claude:
+            outcome = await ask(claude, how, "good morning")
+
+    assert outcome.texts == ["Hello there, reader."]
+    assert outcome.event_types.count("content_block_delta") == 1
+    assert outcome.stop_reason == "end_turn"
+
+
+async def test_count_tokens_and_batches_are_not_guarded(claude: anthropic.AsyncAnthropic, server: Server) -> None:
+    # No metadata.user_id and a prompt the hooks would refuse: both reach the app, unguarded.
+    refused = [{"role": "user", "content": "refuse"}]
+    count = await claude.messages.count_tokens(model=MODEL, messages=refused)
+    batch = await claude.messages.batches.create(
+        requests=[{"custom_id": "a", "params": {"model": MODEL, "max_tokens": 8, "messages": refused}}]
+    )
+
+    assert count.input_tokens == 7
+    assert batch.id == "msgbatch_1"
+    assert server.model.received == [
+        {"model": MODEL, "messages": refused},
+        {"requests": [{"custom_id": "a", "params": {"model": MODEL, "max_tokens": 8, "messages": refused}}]},
+    ]
+
+
+async def test_the_route_is_guarded_under_a_mount_prefix() -> None:
+    model = Model()
+    outer = Starlette(routes=[Mount("/anthropic", app=model)])
+    app = LLMHookMiddleware(outer, hooks=[Scenario()], enforce_user_param=True)
+    async with serve(app) as base_url:
+        async with anthropic.AsyncAnthropic(base_url=f"{base_url}/anthropic", api_key="sk-ant-test",
+                                            max_retries=0) as claude:
+            refused = await claude.messages.create(**request("refuse"))
+            with pytest.raises(anthropic.BadRequestError):
+                await claude.messages.create(**request("good morning", metadata={}))
+            answered = await claude.messages.create(**request("good morning"))
+
+    assert [b.text for b in refused.content if b.type == "text"] == [REFUSED_PRE_CALL]
+    assert [b.text for b in answered.content if b.type == "text"] == [ANSWER]
+    assert model.received == [{**request("good morning"), "system": SYSTEM}]
 
 
 # -- errors --------------------------------------------------------------------------------------------------
