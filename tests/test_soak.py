@@ -1,6 +1,7 @@
 """Soak: many in-process requests across every path (pass-through, guarded, refused, rejected, broken hook, bad
-body, client gone, streamed through per-chunk and iterator hooks, moderated and blocked by moderation); after a
-warm-up, traced memory and the number of asyncio tasks stay flat.
+body, client gone, streamed through per-chunk and iterator hooks, moderated and blocked by moderation, an app
+held at the moderation hold limit, audio forms); after a warm-up, traced memory and the number of asyncio tasks
+stay flat.
 
 The default run does a short version (3,000 requests). The full run is 100,000 requests::
 
@@ -47,6 +48,7 @@ ANSWER = orjson.dumps({"id": "c", "object": "chat.completion", "model": "m",
                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}}]})
 CHUNK = b"data: " + orjson.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
                                   "choices": [{"index": 0, "delta": {"content": "w"}}]}) + b"\n\n"
+BULK = b"x" * (64 * 1024)  # 20 of them: past the 1 MiB a moderated response may hold before the app waits
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -63,6 +65,13 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             if not message.get("more_body", False):
                 break
         data = orjson.loads(raw) if raw.startswith(b"{") else {}
+    if data.get("bulk"):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        for _ in range(19):
+            await send({"type": "http.response.body", "body": BULK, "more_body": True})
+        await send({"type": "http.response.body", "body": BULK, "more_body": False})
+        return
     if data.get("stream"):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for _ in range(4):
@@ -124,10 +133,17 @@ guarded = LLMHookMiddleware(app, hooks=[Hooks()])
 streaming_window = LLMHookMiddleware(app, hooks=[Hooks(), Window()])
 moderated = LLMHookMiddleware(app, hooks=[Hooks(), Moderation()])
 moderated_first = LLMHookMiddleware(app, hooks=[Moderation()], moderation="before")
+moderated_only = LLMHookMiddleware(app, hooks=[Moderation()])  # no hook reads the (binary) response
 
 
 def chat(content: str, **extra: Any) -> bytes:
     return orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}], **extra})
+
+
+def form(fields: int) -> bytes:
+    part = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nx\r\n'
+    audio = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + b"\0" * 2048 + b"\r\n"
+    return b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nw\r\n' + audio + part * fields + b"--b--\r\n"
 
 
 # (name, middleware, method, path, body, expected status, client leaves before the body is complete)
@@ -147,6 +163,10 @@ KINDS: list[tuple[str, Any, str, str, bytes, int, bool]] = [
     ("moderated stream", moderated, "POST", "/v1/chat/completions", chat("hello", stream=True), 200, False),
     ("moderated out", moderated, "POST", "/v1/chat/completions", chat("moderate me out"), 200, False),
     ("moderated first", moderated_first, "POST", "/v1/embeddings", b'{"model": "m", "input": "x"}', 200, False),
+    ("moderated bulk", moderated_only, "POST", "/v1/chat/completions", chat("hello", bulk=True), 200, False),
+    ("moderated bulk out", moderated_only, "POST", "/v1/chat/completions", chat("moderate me out", bulk=True), 200,
+     False),
+    ("audio form", guarded, "POST", "/v1/audio/transcriptions", form(20), 200, False),
 ]
 
 
@@ -175,9 +195,10 @@ async def one(kind: tuple[str, Any, str, str, bytes, int, bool], statuses: Count
         elif not message.get("more_body", False):
             ended = True
 
+    content_type = b"multipart/form-data; boundary=b" if path.startswith("/v1/audio") else b"application/json"
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"), (b"authorization", b"Bearer sk-soak")],
+             "headers": [(b"content-type", content_type), (b"authorization", b"Bearer sk-soak")],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
     await middleware(scope, receive, send)
     assert ended or leaves, f"{name}: the response did not end"

@@ -4,10 +4,12 @@ replicas and processes, the local read layer, and both failure modes while Redis
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import sys
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,6 +23,7 @@ import redis.asyncio as redis_asyncio
 
 from asgi_llm_guard.cache import CacheBusy, CacheUnavailable, DualCache
 from tests.redis_server import RedisServer
+from tests.test_soak import soak_count
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGGER = "asgi_llm_guard.cache"
@@ -614,3 +617,38 @@ async def test_a_client_pool_that_runs_out_is_cache_busy_not_an_outage(
             assert all("unreachable" not in r.getMessage() for r in caplog.records)
     finally:
         await client.aclose()
+
+
+@pytest.mark.soak
+async def test_soak_the_connection_wait_leaks_no_memory_and_no_task(redis_url: str) -> None:
+    # Bursts far over the pool (20 connections), a tenth of each burst cancelled while waiting for a connection:
+    # after a warm-up, traced memory and tasks stay flat. LLM_GUARD_SOAK scales it with tests/test_soak.py's run.
+    rounds = max(10, soak_count() // 1_000)
+    async with dual_cache(redis_url=redis_url, namespace=_ns(), redis_max_connections=20) as cache:
+
+        async def burst() -> None:
+            calls = [asyncio.ensure_future(cache.async_increment_cache(f"k{i % 7}", 1)) for i in range(500)]
+            await asyncio.sleep(0)  # each call started: the first 20 hold a connection, the others wait for one
+            for call in calls[20::10]:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            assert await cache.async_batch_get_cache([f"k{i}" for i in range(7)]) is not None
+
+        tracemalloc.start()
+        try:
+            tasks_before = len(asyncio.all_tasks())
+            for _ in range(rounds // 2):
+                await burst()
+            gc.collect()
+            memory_mid, tasks_mid = tracemalloc.get_traced_memory()[0], len(asyncio.all_tasks())
+            for _ in range(rounds - rounds // 2):
+                await burst()
+            gc.collect()
+            memory_end, tasks_end = tracemalloc.get_traced_memory()[0], len(asyncio.all_tasks())
+        finally:
+            tracemalloc.stop()
+        assert tasks_mid == tasks_end == tasks_before
+        assert memory_end - memory_mid < 256 * 1024, (memory_mid, memory_end)
+        # every call not cancelled counted once, no cancelled one
+        total = sum(await cache.async_batch_get_cache([f"k{i}" for i in range(7)]))
+        assert total == rounds * (500 - 48)
