@@ -105,7 +105,11 @@ async def test_readme_example_enforces_the_user_param() -> None:
     assert response.json()["error"]["param"] == "user"
 
 
-@pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda path: path.name)
+#: Snippets that talk to a running service: run against one by their own tests below.
+CLIENTS = {"sdk_clients.py"}
+
+
+@pytest.mark.parametrize("snippet", [s for s in SNIPPETS if s.name not in CLIENTS], ids=lambda path: path.name)
 def test_snippet_runs(snippet: Path) -> None:
     namespace = runpy.run_path(str(snippet))
     provider = namespace.get("provider")
@@ -146,3 +150,45 @@ async def test_streaming_snippet_hooks_rewrite_and_withhold() -> None:
     response = await post(withheld, "/v1/chat/completions", chat("hi", stream=True))
     assert "[withheld]" in response.text
     assert " sec" not in response.text
+
+
+def test_every_readme_sample_is_a_tested_file() -> None:
+    """Each Python sample in the README is shown from a file the docs include and the tests run: every line of it
+    is in one of them (the README may leave out the imports and set-up the file needs to run)."""
+    files = [ROOT / "examples" / "quickstart.py", *SNIPPETS]
+    for block in readme_python_blocks():
+        lines = {line.strip() for line in block.splitlines() if line.strip()}
+        assert any(lines <= {line.strip() for line in f.read_text().splitlines()} for f in files), block
+
+
+def test_every_docs_sample_is_an_included_file_or_a_one_call_fragment() -> None:
+    """A sample a reader can copy lives in a file that is tested; a fenced block written in a page is at most a
+    three-line fragment (a signature, one call)."""
+    for page in (ROOT / "docs").glob("*.md"):
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
+            if "--8<--" not in block:
+                assert len([line for line in block.splitlines() if line.strip()]) <= 3, f"{page.name}: {block}"
+
+
+async def test_the_sdk_sample_talks_to_the_fastapi_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/snippets/sdk_clients.py as written, against the FastAPI example on a free port instead of 4000."""
+    import asyncio
+    import contextlib
+    import io
+
+    from examples import fastapi_app
+    from tests.servers import serve
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    source = (ROOT / "docs" / "snippets" / "sdk_clients.py").read_text()
+    assert source.count("http://127.0.0.1:4000") == 2
+    async with serve(fastapi_app.app) as base_url:
+        printed = io.StringIO()
+
+        def run() -> None:  # the SDKs' sync clients, off the event loop that serves them
+            with contextlib.redirect_stdout(printed):
+                exec(compile(source.replace("http://127.0.0.1:4000", base_url), "sdk_clients.py", "exec"), {})
+
+        await asyncio.to_thread(run)
+    assert printed.getvalue().splitlines() == ["You said: good morning", "You said: good morning"]
