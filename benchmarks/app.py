@@ -21,6 +21,10 @@ Variants, selectable by name (``build("guarded_pre")``), as module attributes fo
 - ``guarded_refuse``: a pre-call hook that refuses every request (no downstream call)
 - ``moderation``: a moderation hook sleeping ``BENCH_MODERATION_MS`` raced against the app sleeping
   ``BENCH_APP_MS`` (``make_moderation(x_ms, y_ms)`` in process)
+- ``guardrail_pre``: a ``pre_call`` ``CustomGuardrail`` checking every request text for a word
+- ``hook_check``: the same check written as an ``async_pre_call_hook`` over ``request_texts``
+- ``guardrail_mask``: a ``post_call`` ``CustomGuardrail`` masking a word in answers (streams through the hold-back
+  window; ``MaskGuardrail.calls`` counts its calls)
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from asgi_llm_guard import LLMHookMiddleware
+from asgi_llm_guard import CustomGuardrail, LLMHookMiddleware, RejectRequest, request_texts
 
 ASGIApp = Callable[..., Any]
 
@@ -270,6 +274,45 @@ class FloorGuard:
         return rewrite
 
 
+# -- guardrails (docs/guardrails.md): the same check as a guardrail and as a pre-call hook
+
+
+class CheckGuardrail(CustomGuardrail):
+    """A pre_call guardrail checking every request text for a word (the cost of the guardrail machinery)."""
+
+    async def apply_guardrail(
+        self, inputs: dict[str, Any], request_data: Any, input_type: str, logging_obj: Any = None
+    ) -> None:
+        for text in inputs["texts"]:
+            if "forbidden" in text:
+                raise RejectRequest("blocked")
+        return None
+
+
+class CheckHook:
+    """The same check written as an async_pre_call_hook over the request's texts."""
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
+    ) -> None:
+        for text in request_texts(data, call_type):
+            if "forbidden" in text:
+                raise RejectRequest("blocked")
+        return None
+
+
+class MaskGuardrail(CustomGuardrail):
+    """A post_call guardrail masking a word in answers, streamed ones included; counts its calls."""
+
+    calls = 0
+
+    async def apply_guardrail(
+        self, inputs: dict[str, Any], request_data: Any, input_type: str, logging_obj: Any = None
+    ) -> dict[str, Any]:
+        MaskGuardrail.calls += 1
+        return {**inputs, "texts": [text.replace("s3cr3t", "[REDACTED]") for text in inputs["texts"]]}
+
+
 # -- variants
 
 
@@ -307,6 +350,20 @@ def make_moderation(moderation_ms: float | None = None, app_ms: float | None = N
     return LLMHookMiddleware(make_bare(delay_ms=y), hooks=[SleepModeration(x)])
 
 
+def make_guardrail_pre() -> ASGIApp:
+    return LLMHookMiddleware(make_bare(), hooks=[CheckGuardrail(guardrail_name="check", event_hook="pre_call",
+                                                                default_on=True)])
+
+
+def make_hook_check() -> ASGIApp:
+    return LLMHookMiddleware(make_bare(), hooks=[CheckHook()])
+
+
+def make_guardrail_mask() -> ASGIApp:
+    return LLMHookMiddleware(make_bare(), hooks=[MaskGuardrail(guardrail_name="mask", event_hook="post_call",
+                                                               default_on=True)])
+
+
 VARIANTS: dict[str, Callable[[], ASGIApp]] = {
     "bare": make_bare,
     "noop": make_noop,
@@ -317,6 +374,9 @@ VARIANTS: dict[str, Callable[[], ASGIApp]] = {
     "guarded_stream": make_guarded_stream,
     "guarded_refuse": make_guarded_refuse,
     "moderation": make_moderation,
+    "guardrail_pre": make_guardrail_pre,
+    "hook_check": make_hook_check,
+    "guardrail_mask": make_guardrail_mask,
 }
 
 

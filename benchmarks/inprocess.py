@@ -148,6 +148,9 @@ async def tasks_left_behind() -> int:
 CHAT = RequestSpec("POST", "/v1/chat/completions", bench_app.body_of(bench_app.CHAT_REQUEST))
 STREAM = RequestSpec("POST", "/v1/chat/completions", bench_app.body_of(bench_app.STREAM_REQUEST))
 HEALTH = RequestSpec("GET", "/health")
+STREAM2000 = RequestSpec(
+    "POST", "/v1/chat/completions", bench_app.body_of({**bench_app.STREAM_REQUEST, "bench_chunks": 2000})
+)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class Scenario:
     expect_events: int = 0  # SSE events (chunks + [DONE]) the guarded answer must carry
     refusal: bool = False
     floor: str | None = None  # the FloorGuard variant doing the same work, as a reference
+    chunks: int = 0  # a stream's chunk count, for the guardrail table (CPU per chunk, guard calls per stream)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -195,6 +199,25 @@ SCENARIOS = (
         "guarded_refuse",
         1000,
         refusal=True,
+    ),
+    # docs/guardrails.md: the cost of a guardrail, and of the same check as a pre-call hook.
+    Scenario("chat_guardrail_pre", "chat JSON, a pre_call guardrail checking each text", CHAT, "guardrail_pre", 1000),
+    Scenario("chat_hook_check", "chat JSON, the same check as a pre-call hook", CHAT, "hook_check", 1000),
+    Scenario(
+        "stream100_guardrail_mask",
+        "100-chunk stream, a post_call masking guardrail (hold-back window)",
+        STREAM,
+        "guardrail_mask",
+        100,
+        chunks=100,
+    ),
+    Scenario(
+        "stream2000_guardrail_mask",
+        "2,000-chunk stream, a post_call masking guardrail (hold-back window)",
+        STREAM2000,
+        "guardrail_mask",
+        5,
+        chunks=2000,
     ),
 )
 VARIANT_LABELS = ("bare", "noop", "guard")
@@ -355,11 +378,24 @@ def run_layer(quick: bool = False, reps: int | None = None) -> dict[str, Any]:
             stats["noop_vs_bare"] = ratio(noop, bare)
             stats["guard_added_us"] = guard - bare
             stats["noop_added_us"] = noop - bare
+            if scenario.chunks:
+                stats["chunks"] = scenario.chunks
+                stats["guard_us_per_chunk"] = guard / scenario.chunks
+                stats["guard_added_us_per_chunk"] = (guard - bare) / scenario.chunks
+                stats["guard_calls_per_stream"] = await _guard_calls(scenario)
             scenarios[scenario.name] = stats
         races = await measure_races(QUICK_RACES if quick else RACES, 2 if quick else 15)
         return {"loop": loop_name(), "scenarios": scenarios, "moderation_race": races}
 
     return run(main)
+
+
+async def _guard_calls(scenario: Scenario) -> int:
+    """How many times the masking guardrail is called on one stream of the scenario."""
+    app = bench_app.build(scenario.guard)
+    before = bench_app.MaskGuardrail.calls
+    await call(app, scenario.spec, scenario.spec.scope())
+    return bench_app.MaskGuardrail.calls - before
 
 
 def report(result: dict[str, Any]) -> str:
@@ -394,6 +430,18 @@ def report(result: dict[str, Any]) -> str:
             "N requests each; 'tput vs bare' = bare us / variant us)"
         ),
     )
+    stream_rows = [
+        [name, stats["chunks"], stats["guard_calls_per_stream"], stats["guard_us_per_chunk"],
+         stats["guard_added_us_per_chunk"]]
+        for name, stats in result["scenarios"].items()
+        if "chunks" in stats
+    ]
+    if stream_rows:
+        text += "\n\n" + table(
+            ["scenario", "chunks", "guard calls/stream", "guard us/chunk", "added us/chunk"],
+            stream_rows,
+            title="Guardrail streams: calls per stream and CPU per chunk (added = guarded - bare)",
+        )
     race_rows = [
         [
             f"{r['moderation_ms']:.0f} / {r['app_ms']:.0f}",
