@@ -144,6 +144,14 @@ def summary(results: dict[str, Any], quick: bool, elapsed: float, digest: str) -
                 "guard_vs_bare": s["guard_vs_bare"],
                 "guard_vs_noop": s["guard_vs_noop"],
                 **({"floor_us": s["floor"]["median_us"]} if "floor" in s else {}),
+                **(
+                    {
+                        "guard_calls_per_stream": s["guard_calls_per_stream"],
+                        "guard_us_per_chunk": s["guard_us_per_chunk"],
+                    }
+                    if "chunks" in s
+                    else {}
+                ),
             }
             for name, s in inp["scenarios"].items()
         }

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {"nonguarded", "chat_pre", "chat_pre_post", "stream100", "stream100_chunk_hook", "refusal"}
+SCENARIOS = {"nonguarded", "chat_pre", "chat_pre_post", "stream100", "stream100_chunk_hook", "refusal",
+             "chat_guardrail_pre", "chat_hook_check", "stream100_guardrail_mask", "stream2000_guardrail_mask"}
 WITH_FLOOR = {"chat_pre", "stream100", "stream100_chunk_hook"}
+GUARDRAIL_STREAMS = {"stream100_guardrail_mask", "stream2000_guardrail_mask"}
 FLOORS = {"chat_pre_throughput", "stream100_throughput", "stream100_chunk_hook_throughput"}
 TARGETS = {
     "nonguarded_throughput",
@@ -53,7 +55,9 @@ def test_inprocess_quick_run_prints_the_json_summary() -> None:
     for name in SCENARIOS:
         stats = summary["inprocess"][name]
         floor = {"floor_us"} if name in WITH_FLOOR else set()
-        assert set(stats) == {"bare_us", "noop_us", "guard_us", "guard_vs_bare", "guard_vs_noop"} | floor, name
+        streams = {"guard_calls_per_stream", "guard_us_per_chunk"} if name in GUARDRAIL_STREAMS else set()
+        common = {"bare_us", "noop_us", "guard_us", "guard_vs_bare", "guard_vs_noop"}
+        assert set(stats) == common | floor | streams, name
         assert all(value > 0 for value in stats.values()), name
     # the FloorGuard references are end-to-end ratios: not measured by the in-process layer
     assert summary["floors"] == dict.fromkeys(FLOORS)
