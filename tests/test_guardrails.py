@@ -434,3 +434,39 @@ async def test_the_documented_example_masks_and_blocks() -> None:
     assert masked.json()["choices"][0]["message"]["content"] == "your [REDACTED] is safe"
     assert masked.headers[HEADER] == "no-secrets"
     assert blocked.json()["choices"][0]["message"]["content"] == "I can't help with that."
+
+
+async def test_audio_form_fields_in_and_the_json_transcription_out() -> None:
+    from tests.audio import make_wav
+    from tests.test_audio import downstream, form, received
+
+    received.clear()
+    guard = NoSecrets(guardrail_name="ns", event_hook=["pre_call", "post_call"], default_on=True)
+    wav = make_wav(0.1)
+    async with client(LLMHookMiddleware(downstream, hooks=[guard])) as c:
+        r = await c.post("/v1/audio/transcriptions", **form(wav, prompt="say s3cr3t"))
+    assert r.status_code == 200
+    assert received[0]["fields"]["prompt"] == "say [REDACTED]" and received[0]["file"] == wav
+    # the app echoes the prompt it got: the answer's text was checked too (nothing left to mask)
+    assert r.json() == {"text": "transcribed with prompt 'say [REDACTED]'"}
+    assert guard.calls == [("request", ["say s3cr3t"]), ("response", ["transcribed with prompt 'say [REDACTED]'"])]
+
+
+async def test_should_run_guardrail_override_gets_the_requested_names_and_the_event_type() -> None:
+    seen: list[tuple[list[str], str, str]] = []
+
+    class OnlyForTeamModels(NoSecrets):
+        def should_run_guardrail(self, data, event_type):  # type: ignore[no-untyped-def]
+            seen.append((data["guardrails"], event_type, event_type.value))
+            return super().should_run_guardrail(data, event_type) and data.get("model") == "team-model"
+
+    async def auth(scope: Any) -> UserAPIKeyAuth:
+        return UserAPIKeyAuth(metadata={"guardrails": ["from-key"]})
+
+    guard = OnlyForTeamModels(guardrail_name="ns", event_hook="pre_call", default_on=True)
+    app, down = _app(guard, auth=auth)
+    async with client(app) as c:
+        await c.post("/v1/chat/completions", json={**chat("s3cr3t", guardrails=["asked"]), "model": "team-model"})
+        await c.post("/v1/chat/completions", json={**chat("s3cr3t"), "model": "other"})
+    assert [r.json["messages"][0]["content"] for r in down.received] == ["[REDACTED]", "s3cr3t"]
+    assert seen[0] == (["asked", "from-key"], "pre_call", "pre_call")
