@@ -606,7 +606,7 @@ class ResponsePipeline:
             await self.stream.end_with(outcome)
         elif self.is_sse:
             last = self._last_body.get("body", b"") if self._last_body is not None else b""
-            if _ends_with_done(last):
+            if _ends_the_stream(last, call.wire.stream_end_events):
                 # After [DONE] the stream is over for the client: no error event, no second [DONE], only the end.
                 await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
                 return
@@ -706,9 +706,19 @@ def _ends_an_event(body: bytes) -> bool:
     return rest.endswith((b"\n", b"\r"))
 
 
-def _ends_with_done(body: bytes) -> bool:
-    """Whether an SSE body's last event is ``data: [DONE]`` (whatever its line ends)."""
+def _ends_the_stream(body: bytes, end_events: frozenset[str]) -> bool:
+    """Whether an SSE body's last event ends the stream: ``data: [DONE]``, or one named in ``end_events``
+    (whatever its line ends)."""
     if not body.endswith((b"\n", b"\r")):
         return False
-    last = body.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].rsplit(b"\r", 1)[-1]
-    return last.startswith(b"data:") and last[5:].strip() == b"[DONE]"
+    lines = body.rstrip(b"\r\n").replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    last = lines[-1]
+    if last.startswith(b"data:") and last[5:].strip() == b"[DONE]":
+        return True
+    if end_events:
+        for line in reversed(lines):
+            if not line:
+                break  # the event before it
+            if line.startswith(b"event:"):
+                return line[6:].strip().decode("utf-8", "replace") in end_events
+    return False

@@ -83,8 +83,10 @@ class StreamRewriter:
         self._done_event: bytes | None = None
         self._source_ended = False  # the iterator chain read the app's stream to its end
         self.lenient = False  # a chunk needed lenient_json: chunks are written back with it
-        self.saw_done = False  # the app sent its [DONE]: its stream is whole
-        self.done_sent = False  # the app's [DONE] went out: the stream is over for the client, whatever follows
+        # [DONE], or the format's last named event (stream_end_events): ...
+        self.end_events = call.wire.stream_end_events
+        self.saw_done = False  # ...the app sent it: its stream is whole
+        self.done_sent = False  # ...it went out: the stream is over for the client, whatever follows
         #: Per-chunk hooks only, on a stream whose events need no bookkeeping: :meth:`feed` may take its fast path.
         self.quick = not self.iterators and not self.observes
         self.idle = False  # `quick`, and nothing pending in the parser
@@ -150,7 +152,7 @@ class StreamRewriter:
             for event in events:
                 if self.pipeline.done:
                     raise ResponseClosed("the stream was ended by a hook")
-                if event.is_done:
+                if event.is_done or event.event in self.end_events:
                     self.saw_done = True
                 await self._queue.put(event)
             if not more:
@@ -167,6 +169,8 @@ class StreamRewriter:
                         self.saw_done = self.done_sent = True
                 else:
                     out.append(self._encode(await self._apply_per_chunk(chunk), event))
+                    if event.event in self.end_events:
+                        self.saw_done = self.done_sent = True
         except Halt as failed:
             if self.pipeline.started and out:
                 await self._write(b"".join(out))
@@ -317,6 +321,8 @@ class StreamRewriter:
                 encoded = self._encode(chunk, None)
                 async with self._emitting:
                     await self._write(encoded)
+                if self.end_events and chunk.get("type") in self.end_events:
+                    self.done_sent = True
             done = self._done_event
             if done is None and not self._source_ended and self.call.wire.ends_with_done:
                 done = DONE  # an iterator hook stopped before the app's [DONE]: the client still gets one

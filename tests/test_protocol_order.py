@@ -379,3 +379,62 @@ async def test_held_by_moderation_an_sse_start_alone_is_a_legal_empty_stream(hoo
     script = await drive(LLMHookMiddleware(Scripted([START_SSE]), hooks=[h() for h in MODERATED[hooks]]))
     assert kinds(script) == [("http.response.start", False), ("http.response.body", False)]
     assert (script.status, script.body) == (200, b"")
+
+
+# -- the stream's own end in the formats without [DONE] ---------------------------------------------------------
+
+
+def named(payload: dict[str, Any]) -> bytes:
+    return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+ANTHROPIC_STREAM = [named(event) for event in (
+    {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                                          "content": [], "stop_reason": None, "stop_sequence": None,
+                                          "usage": {"input_tokens": 1, "output_tokens": 0}}},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+    {"type": "content_block_stop", "index": 0},
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+     "usage": {"output_tokens": 1}},
+    {"type": "message_stop"},
+)]
+RESPONSES_STREAM = [named(event) for event in (
+    {"type": "response.created", "sequence_number": 0,
+     "response": {"id": "resp_1", "object": "response", "status": "in_progress", "model": "m", "output": []}},
+    {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "output_index": 0,
+     "content_index": 0, "delta": "hi"},
+    {"type": "response.completed", "sequence_number": 2,
+     "response": {"id": "resp_1", "object": "response", "status": "completed", "model": "m", "output": []}},
+)]
+NAMED_STREAMS = {
+    "anthropic": ("/v1/messages", {"model": "m", "max_tokens": 5, "stream": True,
+                                   "messages": [{"role": "user", "content": "hi"}]}, ANTHROPIC_STREAM),
+    "responses": ("/v1/responses", {"model": "m", "input": "hi", "stream": True}, RESPONSES_STREAM),
+}
+
+
+@pytest.mark.parametrize("hook", ["pre-call", "per-chunk", "iterator"])
+@pytest.mark.parametrize("api", NAMED_STREAMS)
+async def test_app_raising_after_its_streams_last_event_ends_the_stream_cleanly(api: str, hook: str) -> None:
+    """As after [DONE]: after Anthropic's message_stop or the Responses API's response.completed the stream is
+    over for the client; an error event after it would make the SDK raise on a message it had received whole."""
+    path, request, events = NAMED_STREAMS[api]
+    down = Scripted([START_SSE, *streamed(events)], then_raise=RuntimeError("cleanup failed"))
+    app = LLMHookMiddleware(down, hooks=[HOOKS[hook]()])
+    script = Script(body_messages(orjson.dumps(request)))
+    await asyncio.wait_for(app(http_scope(path), script.receive, script.send), 5)
+    assert_legal(script.sent)
+    assert script.status == 200
+    assert script.body == b"".join(events)
+
+
+@pytest.mark.parametrize("hook", ["pre-call", "per-chunk"])
+async def test_app_raising_before_message_stop_still_gets_the_error_event(hook: str) -> None:
+    path, request, events = NAMED_STREAMS["anthropic"]
+    down = Scripted([START_SSE, *streamed(events[:3])], then_raise=RuntimeError("x"))
+    script = Script(body_messages(orjson.dumps(request)))
+    await asyncio.wait_for(LLMHookMiddleware(down, hooks=[HOOKS[hook]()])(http_scope(path), script.receive,
+                                                                          script.send), 5)
+    assert_legal(script.sent)
+    assert script.body.startswith(b"".join(events[:3])) and b"event: error" in script.body

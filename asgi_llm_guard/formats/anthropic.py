@@ -160,6 +160,7 @@ class AnthropicStreamState(StreamState):
 class AnthropicMessages(WireFormat):
     refusal_is_answer = True
     end_user_param = "metadata.user_id"
+    stream_end_events = frozenset({"message_stop"})
 
     def check_request(self, data: Mapping[str, Any]) -> GuardError | None:
         # What a guard must read right: a wrongly typed field could hide a prompt from the hooks, or turn a

@@ -103,6 +103,10 @@ class WireFormat:
     end_user_param = "user"
     #: Whether this format's streams end with ``data: [DONE]`` (OpenAI chat and text completions).
     ends_with_done = False
+    #: The ``event:`` names that end this format's streams (Anthropic's ``message_stop``, the Responses API's
+    #: ``response.completed``): after one, as after ``[DONE]``, the stream is over for the client, and an app that
+    #: raises then gets no error event (the SDKs would raise on a message they had received whole).
+    stream_end_events: frozenset[str] = frozenset()
     #: Whether the route also takes ``multipart/form-data`` bodies (audio uploads).
     accepts_multipart = False
     #: Whether the API answers plain text when asked (a transcription's ``response_format`` ``text``, ``srt``,

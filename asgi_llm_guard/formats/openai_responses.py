@@ -241,6 +241,7 @@ def _output_text_slots(items: Any) -> Iterator[TextSlot]:
 
 class OpenAIResponses(WireFormat):
     refusal_is_answer = True
+    stream_end_events = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
     def _request_slots(self, data: Mapping[str, Any]) -> Iterator[TextSlot]:
         yield from str_slot(data, "instructions")
