@@ -394,3 +394,12 @@ async def test_a_pathsend_a_hook_cannot_read_is_a_502() -> None:
     script = await drive(LLMHookMiddleware(sends_a_file, hooks=[SuccessOnly()]), chat())
     assert script.status == 502
     assert all(message["type"] != "http.response.pathsend" for message in script.sent)
+
+
+async def test_a_post_call_guardrail_masks_a_text_transcription() -> None:
+    decisions = Decisions()
+    guard = Masks(guardrail_name="mask", event_hook="post_call", default_on=True)
+    app = LLMHookMiddleware(app_answering(b"the secret is 1234\n", [PLAIN]), hooks=[guard], observer=decisions)
+    script = await drive(app, {}, path="/v1/audio/transcriptions", headers=AUDIO_HEADERS, raw=AUDIO_FORM)
+    assert (script.status, script.body) == (200, b"the secret is [REDACTED]\n")
+    assert decisions.seen == [("mask", "post_call", "modify", None)]
