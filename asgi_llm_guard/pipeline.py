@@ -625,9 +625,10 @@ class ResponsePipeline:
             expose = self.call.settings.expose_hook_errors
             stream = self.stream
             if stream is not None and stream.saw_done and not self.done:
-                # The app raised after its own [DONE]: the stream is whole, and over for the client after it. It
-                # ends as if the app had returned: no error event, no second [DONE] (SPEC 5 is for streams cut off).
-                log_exception("the downstream app (after its [DONE])", exc, expose=expose)
+                # The app raised after its own [DONE] (or its format's last event): the stream is whole, and over for
+                # the client after it. It ends as if the app had returned: no error event, no second [DONE] (SPEC 5
+                # is for streams cut off).
+                log_exception("the downstream app (after its stream's end)", exc, expose=expose)
                 await self.call.report_failure(exc)
             else:
                 if stream is not None:

@@ -179,6 +179,15 @@ async def test_app_sending_the_start_twice_or_a_body_after_the_end_keeps_the_ord
         assert len(down.send_errors) == 1
 
 
+@pytest.mark.parametrize("hook", ["pre-call", "per-chunk", "iterator"])
+async def test_app_sending_a_body_before_its_start_gets_a_json_500(hook: str) -> None:
+    down = Scripted([body(b"data: early\n\n", True), START_SSE, *streamed(), body(b"")])
+    script = await drive(LLMHookMiddleware(down, hooks=[HOOKS[hook]()]))
+    assert kinds(script) == [("http.response.start", False), ("http.response.body", False)]
+    assert script.status == 500 and b"early" not in script.body
+    assert len(down.send_errors) == 1
+
+
 # -- iterator hooks: nothing queued is lost ----------------------------------------------------------------------
 
 
