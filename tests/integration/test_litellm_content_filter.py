@@ -29,7 +29,9 @@ def content_filter(**options: Any) -> Any:
     options.setdefault("event_hook", ["pre_call", "post_call"])
     return ContentFilterGuardrail(
         guardrail_name="content-filter",
-        patterns=[ContentFilterPattern(pattern_type="prebuilt", pattern_name="us_ssn", action=ContentFilterAction.BLOCK)],
+        patterns=[
+            ContentFilterPattern(pattern_type="prebuilt", pattern_name="us_ssn", action=ContentFilterAction.BLOCK)
+        ],
         blocked_words=[BlockedWord(keyword="topsecret", action=ContentFilterAction.MASK)],
         default_on=True,
         **options,
