@@ -775,7 +775,7 @@ class DualCache:
             return
         self._check_open()
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._slots, self._redis.pipeline(transaction=True) as pipe:
                 pipe.sadd(self._namespace + key, *members)
                 if seconds is not None:
                     pipe.pexpire(self._namespace + key, _ms(seconds))
@@ -794,7 +794,8 @@ class DualCache:
             return set(current) if isinstance(current, (set, frozenset)) else set()
         self._check_open()
         try:
-            raw = await self._redis.smembers(self._namespace + key)
+            async with self._slots:
+                raw = await self._redis.smembers(self._namespace + key)
         except self._redis_errors as exc:
             self._redis_failed("async_get_set_members", exc)
             return await self.async_get_set_members(key, local_only=True)

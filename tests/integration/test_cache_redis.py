@@ -566,6 +566,36 @@ async def test_a_pool_busy_past_its_timeout_is_cache_busy_not_an_outage(
         assert [r.getMessage() for r in infos] == [free_again]
 
 
+_OPERATIONS: dict[str, Callable[[DualCache, int], Awaitable[Any]]] = {
+    "async_get_cache": lambda cache, i: cache.async_get_cache(f"k{i}"),
+    "async_set_cache": lambda cache, i: cache.async_set_cache(f"k{i}", i),
+    "async_batch_set_cache": lambda cache, i: cache.async_batch_set_cache([(f"k{i}", i), (f"j{i}", i)]),
+    "async_increment_cache": lambda cache, i: cache.async_increment_cache("n", 1),
+    "async_delete_cache": lambda cache, i: cache.async_delete_cache(f"k{i}"),
+    "async_batch_get_cache": lambda cache, i: cache.async_batch_get_cache([f"k{i}", f"j{i}"]),
+    "async_set_cache_sadd": lambda cache, i: cache.async_set_cache_sadd(f"s{i}", ["a", "b"]),
+    "async_get_set_members": lambda cache, i: cache.async_get_set_members(f"s{i}"),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(_OPERATIONS))
+async def test_every_redis_operation_waits_for_a_connection_and_a_long_wait_is_busy(
+    redis_url: str, operation: str
+) -> None:
+    call = _OPERATIONS[operation]
+    options: dict[str, Any] = {"redis_max_connections": 2, "redis_pool_timeout": 0.3, "redis_timeout": 5.0}
+    async with dual_cache(redis_url=redis_url, namespace=_ns(), local_ttl=0, **options) as cache:
+        await cache.async_get_cache("warm-up")
+        # a short stall: the calls beyond the two connections wait their turn, all succeed
+        async with redis_stalled(redis_url, 0.1):
+            waited = await asyncio.gather(*(call(cache, i) for i in range(20)), return_exceptions=True)
+        assert [r for r in waited if isinstance(r, BaseException)] == []
+        # a stall past the pool timeout: the waiting calls are busy, not "Redis unreachable"
+        async with redis_stalled(redis_url, 1.0):
+            results = await asyncio.gather(*(call(cache, i) for i in range(5)), return_exceptions=True)
+        assert [type(r).__name__ for r in results if isinstance(r, BaseException)] == ["CacheBusy"] * 3
+
+
 async def test_calls_beyond_the_pool_wait_for_a_connection_in_arrival_order(redis_url: str) -> None:
     async with dual_cache(redis_url=redis_url, namespace=_ns(), redis_max_connections=1) as cache:
         await cache.async_get_cache("warm-up")
