@@ -30,18 +30,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from .errors import RejectRequest, status_of
-from .guardrail_texts import (
-    ALL,
-    NO_STREAM_TEXT,
-    STREAM_FORMATS,
-    Channel,
-    Slot,
-    StreamFormat,
-    request_extras,
-    request_slots,
-    response_extras,
-    response_slots,
-)
+from .formats import ALL_CHANNELS, FORMATS, StreamText
+from .guardrail_texts import Channel, Slot, request_extras, request_slots, response_extras, response_slots
 from .guardrails import CustomGuardrail, EventType, requested_guardrails
 from .holdback import DEFAULT_CHECK_CHARS, DEFAULT_HOLDBACK_CHARS, HeldText
 from .hooks import HOOK_METHODS, BoundHook, HookTimeout, bind_method, field_of
@@ -333,8 +323,8 @@ class Guardrail:
     async def post_call_stream(self, run: GuardrailRun, response: Any, request_data: Any) -> Any:
         if not run.selects(self, "post_call", request_data):
             return response
-        form = STREAM_FORMATS.get(run.call_type, NO_STREAM_TEXT)
-        if form is NO_STREAM_TEXT:
+        form = _stream_text(run.call_type)
+        if form is None:
             run.record(self, "post_call", "response", "not_run", 0.0, f"a {run.call_type} stream carries no text")
             return response
         run.ran(self)
@@ -343,15 +333,15 @@ class Guardrail:
     async def log_stream(self, run: GuardrailRun, response: Any, request_data: Any) -> Any:
         if not run.selects(self, "logging_only", request_data):
             return response
-        form = STREAM_FORMATS.get(run.call_type, NO_STREAM_TEXT)
-        if form is NO_STREAM_TEXT:
+        form = _stream_text(run.call_type)
+        if form is None:
             run.record(self, "logging_only", "response", "not_run", 0.0, f"a {run.call_type} stream carries no text")
             return response
         run.ran(self)
         return self._watched_stream(run, response, request_data, form)
 
     async def _held_stream(
-        self, run: GuardrailRun, source: AsyncIterator[dict[str, Any]], data: Any, form: StreamFormat
+        self, run: GuardrailRun, source: AsyncIterator[dict[str, Any]], data: Any, form: StreamText
     ) -> AsyncIterator[dict[str, Any]]:
         """The stream with every text delta held back and released through the guardrail (``holdback.py``)."""
         hook = self.hooks["post_call:streaming_iterator"]
@@ -372,7 +362,7 @@ class Guardrail:
             async for chunk in source:
                 closes = form.closes(chunk)
                 if closes:
-                    targets = list(channels) if closes == ALL else [c for c in closes if c in channels]
+                    targets = list(channels) if closes == ALL_CHANNELS else [c for c in closes if c in channels]
                     for channel in targets:
                         held = channels[channel]
                         if not held.window:
@@ -426,7 +416,7 @@ class Guardrail:
                     run.record(self, "post_call", "response", "not_run", 0.0, "the stream had no text")
 
     async def _watched_stream(
-        self, run: GuardrailRun, source: AsyncIterator[dict[str, Any]], data: Any, form: StreamFormat
+        self, run: GuardrailRun, source: AsyncIterator[dict[str, Any]], data: Any, form: StreamText
     ) -> AsyncIterator[dict[str, Any]]:
         """The stream as it is; its whole text goes to the guardrail once, at the end (monitor)."""
         pieces: dict[Channel, list[str]] = {}
@@ -465,6 +455,14 @@ class Tally:
         self.seconds += seconds
         if decision == "modify":
             self.decision = "modify"
+
+
+def _stream_text(call_type: str) -> StreamText | None:
+    """How the call type's stream events carry text (its wire format's), ``None`` for a stream with none."""
+    wire = FORMATS.get(call_type)
+    if wire is None or type(wire.stream_text) is StreamText:
+        return None
+    return wire.stream_text
 
 
 def _blocked_or_error(exc: BaseException) -> str:

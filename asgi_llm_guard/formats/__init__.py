@@ -7,13 +7,15 @@ here with a :class:`~.base.WireFormat` subclass, an entry below, and its path in
 from __future__ import annotations
 
 from .anthropic import AnthropicMessages
-from .base import RequestedFormat, StreamState, TextSlot, WireFormat, new_id
+from .base import ALL_CHANNELS, RequestedFormat, StreamState, StreamText, TextSlot, WireFormat, new_id
 from .openai_chat import OpenAIChat
 from .openai_completions import OpenAITextCompletions
 from .openai_endpoints import OpenAIInputEndpoint, OpenAIPromptEndpoint
 from .openai_responses import OpenAIResponses
 
-__all__ = ["FORMATS", "RequestedFormat", "StreamState", "TextSlot", "WireFormat", "new_id"]
+__all__ = [
+    "ALL_CHANNELS", "FORMATS", "RequestedFormat", "StreamState", "StreamText", "TextSlot", "WireFormat", "new_id",
+]
 
 #: The wire format of each call type, in the order of SPEC 2.
 FORMATS: dict[str, WireFormat] = {

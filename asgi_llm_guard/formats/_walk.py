@@ -127,3 +127,8 @@ def image_urls(parts: Any) -> Iterator[str]:
             url = url.get("url")
         if isinstance(url, str) and url:
             yield url
+
+
+def list_or_empty(value: Any) -> list[Any]:
+    """``value`` if it is a list, else ``[]``."""
+    return value if isinstance(value, list) else []

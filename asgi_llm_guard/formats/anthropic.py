@@ -18,7 +18,7 @@ import orjson
 from ..errors import GuardError
 from ..sse import encode_json
 from ._walk import is_list, str_slot
-from .base import RequestedFormat, StreamState, TextSlot, WireFormat, new_id
+from .base import ALL_CHANNELS, RequestedFormat, StreamState, StreamText, TextSlot, WireFormat, new_id
 
 #: Anthropic's error ``type`` by status; other 4xx are ``invalid_request_error``, other 5xx ``api_error``.
 _ERROR_TYPES = {
@@ -157,7 +157,32 @@ class AnthropicStreamState(StreamState):
         return b"".join(events)
 
 
+class AnthropicStreamText(StreamText):
+    def slots(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        if chunk.get("type") != "content_block_delta":
+            return []
+        delta = chunk.get("delta")
+        if isinstance(delta, dict) and delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+            return [(chunk.get("index", 0), delta, "text")]
+        return []
+
+    def text_only(self, chunk: dict[str, Any]) -> bool:
+        return bool(self.slots(chunk))
+
+    def closes(self, chunk: dict[str, Any]) -> list[Any] | str:
+        kind = chunk.get("type")
+        if kind == "content_block_stop":
+            return [chunk.get("index", 0)]
+        if kind in ("message_delta", "message_stop"):
+            return ALL_CHANNELS
+        return []
+
+    def carrier(self, template: dict[str, Any], text: str) -> dict[str, Any]:
+        return {**template, "delta": {**template["delta"], "text": text}}
+
+
 class AnthropicMessages(WireFormat):
+    stream_text = AnthropicStreamText()
     refusal_is_answer = True
     end_user_param = "metadata.user_id"
     stream_end_events = frozenset({"message_stop"})

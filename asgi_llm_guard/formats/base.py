@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from ..errors import GuardError
 
-__all__ = ["RequestedFormat", "StreamState", "TextSlot", "WireFormat", "new_id"]
+__all__ = ["ALL_CHANNELS", "RequestedFormat", "StreamState", "StreamText", "TextSlot", "WireFormat", "new_id"]
 
 _ID_PREFIX = secrets.token_hex(6)  # per process, so ids differ across replicas and restarts
 _ID_COUNTER = itertools.count()
@@ -91,6 +91,39 @@ class StreamState:
         return self.wire.error_events(error)
 
 
+#: :meth:`StreamText.closes` answer meaning every channel.
+ALL_CHANNELS = "all"
+
+
+class StreamText:
+    """How one wire format's stream events carry output text, for a guardrail that holds text back and releases it
+    in windows (``holdback.py``, ``docs/guardrails.md``): which channel (choice, content part, block) a delta
+    belongs to, which event ends a channel, and how to make a new text event. The default: no text."""
+
+    #: Events carry ``sequence_number`` (the Responses API): inserting or dropping an event renumbers the rest.
+    sequenced = False
+
+    def slots(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        """The text deltas of an event: ``(channel, container, key)``."""
+        return []
+
+    def text_only(self, chunk: dict[str, Any]) -> bool:
+        """Whether the event carries nothing but its text, so it may be dropped while its text is held back."""
+        return False
+
+    def closes(self, chunk: dict[str, Any]) -> list[Any] | str:
+        """The channels whose text must all be out before this event (:data:`ALL_CHANNELS` for every channel)."""
+        return []
+
+    def carrier(self, template: dict[str, Any], text: str) -> dict[str, Any]:
+        """A new text event like ``template`` (an earlier text event of the channel) carrying ``text``."""
+        raise NotImplementedError
+
+    def complete(self, chunk: dict[str, Any], emitted: Mapping[Any, str]) -> None:
+        """Rewrite, in place, whole texts an event repeats (the Responses API's ``done`` events) to the text that
+        was emitted for their channel."""
+
+
 class WireFormat:
     """One API's wire format, as the flow needs it. Subclasses override what differs from these defaults.
 
@@ -109,6 +142,8 @@ class WireFormat:
     stream_end_events: frozenset[str] = frozenset()
     #: Whether the route also takes ``multipart/form-data`` bodies (audio uploads).
     accepts_multipart = False
+    #: How this format's stream events carry text, for guardrails (none by default).
+    stream_text = StreamText()
     #: Whether the API answers plain text when asked (a transcription's ``response_format`` ``text``, ``srt``,
     #: ``vtt``): post-call hooks then see it as ``{"text": …}``; any other answer they cannot read is a 502.
     answers_text = False

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..sse import DONE, encode_json
-from ._walk import image_urls, is_list, message_list_slots, str_slot
-from .base import RequestedFormat, StreamState, TextSlot, WireFormat, new_id
+from ._walk import image_urls, is_list, list_or_empty, message_list_slots, str_slot
+from .base import ALL_CHANNELS, RequestedFormat, StreamState, StreamText, TextSlot, WireFormat, new_id
 
 _ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
@@ -88,7 +88,44 @@ class ChatStreamState(StreamState):
         return b"".join(events)
 
 
+class ChatStreamText(StreamText):
+    def slots(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        found = []
+        for choice in list_or_empty(chunk.get("choices")):
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                found.append((choice.get("index", 0), delta, "content"))
+        return found
+
+    def text_only(self, chunk: dict[str, Any]) -> bool:
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or len(choices) != 1 or chunk.get("usage"):
+            return False
+        choice = choices[0]
+        delta = choice.get("delta")
+        return (
+            choice.get("finish_reason") is None
+            and not choice.get("logprobs")
+            and isinstance(delta, dict)
+            and delta.keys() <= {"content"}
+        )
+
+    def closes(self, chunk: dict[str, Any]) -> list[Any] | str:
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return ALL_CHANNELS  # the usage chunk comes after every choice finished
+        return [c.get("index", 0) for c in choices if isinstance(c, dict) and c.get("finish_reason") is not None]
+
+    def carrier(self, template: dict[str, Any], text: str) -> dict[str, Any]:
+        choice = template["choices"][0]
+        event = {**template, "choices": [{**choice, "delta": {"content": text}, "finish_reason": None}]}
+        if event.get("usage") is not None:
+            event["usage"] = None
+        return event
+
+
 class OpenAIChat(WireFormat):
+    stream_text = ChatStreamText()
     refusal_is_answer = True
     ends_with_done = True
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..sse import DONE, encode_json
-from ._walk import is_list, prompt_slots, str_slot
+from ._walk import is_list, list_or_empty, prompt_slots, str_slot
 from .base import RequestedFormat, StreamState, TextSlot, WireFormat, new_id
-from .openai_chat import ChatStreamState, requested_with_usage, usage_chunk
+from .openai_chat import ChatStreamState, ChatStreamText, requested_with_usage, usage_chunk
 
 
 def text_completion(
@@ -58,7 +58,31 @@ class TextStreamState(ChatStreamState):
         return b"".join(events) + DONE
 
 
+class TextStreamText(ChatStreamText):
+    def slots(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        return [
+            (choice.get("index", 0), choice, "text")
+            for choice in list_or_empty(chunk.get("choices"))
+            if isinstance(choice, dict) and isinstance(choice.get("text"), str)
+        ]
+
+    def text_only(self, chunk: dict[str, Any]) -> bool:
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or len(choices) != 1 or chunk.get("usage"):
+            return False
+        choice = choices[0]
+        return choice.get("finish_reason") is None and not choice.get("logprobs")
+
+    def carrier(self, template: dict[str, Any], text: str) -> dict[str, Any]:
+        choice = template["choices"][0]
+        event = {**template, "choices": [{**choice, "text": text, "finish_reason": None}]}
+        if event.get("usage") is not None:
+            event["usage"] = None
+        return event
+
+
 class OpenAITextCompletions(WireFormat):
+    stream_text = TextStreamText()
     refusal_is_answer = True
     ends_with_done = True
 

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import GuardError
 from ..sse import DONE, encode_json
 from ._walk import image_urls, input_slots, is_list, str_slot
-from .base import RequestedFormat, StreamState, TextSlot, WireFormat, new_id
+from .base import ALL_CHANNELS, RequestedFormat, StreamState, StreamText, TextSlot, WireFormat, new_id
 
 _ZERO_USAGE = {
     "input_tokens": 0,
@@ -239,7 +239,73 @@ def _output_text_slots(items: Any) -> Iterator[TextSlot]:
                     yield from str_slot(part, "text")
 
 
+class ResponsesStreamText(StreamText):
+    sequenced = True
+
+    def slots(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        if chunk.get("type") == "response.output_text.delta" and isinstance(chunk.get("delta"), str):
+            return [((chunk.get("output_index"), chunk.get("content_index")), chunk, "delta")]
+        return []
+
+    def text_only(self, chunk: dict[str, Any]) -> bool:
+        return chunk.get("type") == "response.output_text.delta"
+
+    def closes(self, chunk: dict[str, Any]) -> list[Any] | str:
+        kind = chunk.get("type")
+        if kind in ("response.output_text.done", "response.content_part.done"):
+            return [(chunk.get("output_index"), chunk.get("content_index"))]
+        if kind == "response.output_item.done":
+            return ALL_CHANNELS
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            return ALL_CHANNELS
+        return []
+
+    def carrier(self, template: dict[str, Any], text: str) -> dict[str, Any]:
+        event = {**template, "delta": text}
+        if "logprobs" in event:
+            event["logprobs"] = []
+        return event
+
+    def complete(self, chunk: dict[str, Any], emitted: Mapping[Any, str]) -> None:
+        kind = chunk.get("type")
+        if kind == "response.output_text.done":
+            channel = (chunk.get("output_index"), chunk.get("content_index"))
+            if channel in emitted:
+                chunk["text"] = emitted[channel]
+        elif kind == "response.content_part.done":
+            channel = (chunk.get("output_index"), chunk.get("content_index"))
+            part = chunk.get("part")
+            if channel in emitted and isinstance(part, dict) and part.get("type") == "output_text":
+                chunk["part"] = {**part, "text": emitted[channel]}
+        elif kind == "response.output_item.done":
+            item = chunk.get("item")
+            if isinstance(item, dict):
+                chunk["item"] = _completed_item(item, chunk.get("output_index"), emitted)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = chunk.get("response")
+            if isinstance(response, dict) and isinstance(response.get("output"), list):
+                output = [
+                    _completed_item(item, index, emitted) if isinstance(item, dict) else item
+                    for index, item in enumerate(response["output"])
+                ]
+                chunk["response"] = {**response, "output": output}
+
+
+def _completed_item(item: dict[str, Any], output_index: Any, emitted: Mapping[Any, str]) -> dict[str, Any]:
+    content = item.get("content")
+    if item.get("type") != "message" or not isinstance(content, list):
+        return item
+    parts = []
+    for index, part in enumerate(content):
+        channel = (output_index, index)
+        if isinstance(part, dict) and part.get("type") == "output_text" and channel in emitted:
+            part = {**part, "text": emitted[channel]}
+        parts.append(part)
+    return {**item, "content": parts}
+
+
 class OpenAIResponses(WireFormat):
+    stream_text = ResponsesStreamText()
     refusal_is_answer = True
     stream_end_events = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
