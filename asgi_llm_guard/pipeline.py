@@ -434,6 +434,11 @@ class ResponsePipeline:
                 await self._unreadable("it is not JSON", "post_call", b"".join(self._chunks), more)
                 return
             self._mode = _TEXT
+        elif kind == _SSE and hooks.success and not streaming and not call.requested.stream:
+            # The client asked for one answer: the openai SDK hands this stream's text to its caller unparsed.
+            await self._unreadable("it is an event stream, and the request asked for none", "post_call",
+                                   b"".join(self._chunks), more)
+            return
         elif (kind == _SSE or kind == _OTHER) and streaming:
             assert self._start is not None
             # An event stream, or bytes a client reading one would search for events: the parser finds every

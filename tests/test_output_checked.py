@@ -403,3 +403,39 @@ async def test_a_post_call_guardrail_masks_a_text_transcription() -> None:
     script = await drive(app, {}, path="/v1/audio/transcriptions", headers=AUDIO_HEADERS, raw=AUDIO_FORM)
     assert (script.status, script.body) == (200, b"the secret is [REDACTED]\n")
     assert decisions.seen == [("mask", "post_call", "modify", None)]
+
+
+async def test_a_stream_answering_a_request_for_one_answer_is_a_502_for_the_success_hook() -> None:
+    """The openai SDK hands a stream it did not ask for to its caller as text: unchecked unless it is a 502."""
+    hook = SuccessOnly()
+    app = LLMHookMiddleware(app_answering([*STREAM_EVENTS, b""], [(b"content-type", b"text/event-stream")]),
+                            hooks=[hook])
+    script = await drive(app, chat())
+    assert script.status == 502 and b"1234" not in script.body and hook.seen == []
+
+
+STREAMED_AUDIO_FORM = AUDIO_FORM.replace(b'name="response_format"\r\n\r\ntext', b'name="stream"\r\n\r\ntrue')
+TRANSCRIPT_EVENTS = [b'data: {"type":"transcript.text.delta","delta":"the secret is 1234"}\n\n',
+                     b'data: {"type":"transcript.text.done","text":"the secret is 1234"}\n\n']
+
+
+async def test_a_streamed_transcription_asked_for_in_the_form_passes_the_success_hook() -> None:
+    """`stream=true` as a form field asks for a stream: success hooks read no streams (SPEC 2), no 502."""
+    app = LLMHookMiddleware(app_answering([*TRANSCRIPT_EVENTS, b""], [(b"content-type", b"text/event-stream")]),
+                            hooks=[SuccessOnly()])
+    script = await drive(app, {}, path="/v1/audio/transcriptions", headers=AUDIO_HEADERS, raw=STREAMED_AUDIO_FORM)
+    assert (script.status, script.body) == (200, b"".join(TRANSCRIPT_EVENTS))
+
+
+async def test_a_streamed_transcription_reaches_the_streaming_hook() -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Chunks:
+        async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+            seen.append(response)
+            return {key: value.replace("1234", "[REDACTED]") if isinstance(value, str) else value
+                    for key, value in response.items()}
+
+    app = LLMHookMiddleware(app_answering([*TRANSCRIPT_EVENTS, b""], [PLAIN]), hooks=[Chunks()])
+    script = await drive(app, {}, path="/v1/audio/transcriptions", headers=AUDIO_HEADERS, raw=STREAMED_AUDIO_FORM)
+    assert script.status == 200 and b"1234" not in script.body and len(seen) == 2

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ._walk import input_slots, prompt_slots
-from .base import TextSlot, WireFormat
+from .base import RequestedFormat, TextSlot, WireFormat
 
 
 class OpenAIInputEndpoint(WireFormat):
@@ -27,6 +27,11 @@ class OpenAIPromptEndpoint(WireFormat):
         super().__init__(call_type)
         self.accepts_multipart = multipart
         self.answers_text = multipart  # the audio endpoints: response_format text, srt or vtt
+
+    def requested(self, data: Mapping[str, Any]) -> RequestedFormat:
+        # A form's fields are strings: the openai SDK sends `stream=true` for a streamed transcription.
+        stream = data.get("stream")
+        return RequestedFormat(stream is True or (self.accepts_multipart and stream in ("true", "True")))
 
     def _request_slots(self, data: Mapping[str, Any]) -> Iterator[TextSlot]:
         return prompt_slots(data)
