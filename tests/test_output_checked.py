@@ -439,3 +439,14 @@ async def test_a_streamed_transcription_reaches_the_streaming_hook() -> None:
     app = LLMHookMiddleware(app_answering([*TRANSCRIPT_EVENTS, b""], [PLAIN]), hooks=[Chunks()])
     script = await drive(app, {}, path="/v1/audio/transcriptions", headers=AUDIO_HEADERS, raw=STREAMED_AUDIO_FORM)
     assert script.status == 200 and b"1234" not in script.body and len(seen) == 2
+
+
+async def test_the_502_is_in_the_routes_own_format() -> None:
+    """On Anthropic's Messages route the error is Anthropic's envelope (SPEC 9), with the stage header."""
+    request = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    app = LLMHookMiddleware(app_answering(SECRET.encode(), [PLAIN]), hooks=[SuccessOnly()])
+    script = await drive(app, request, path="/v1/messages")
+    assert script.status == 502
+    assert json.loads(script.body)["type"] == "error"
+    assert json.loads(script.body)["error"]["type"] == "api_error"
+    assert dict(script.sent[0]["headers"])[b"x-llm-guard-rejected"] == b"post_call"
