@@ -33,7 +33,15 @@ from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read
 from .cache import DualCache
 from .call import CallSettings, CallState, GuardState
 from .disconnects import DisconnectWatch
-from .errors import DEPENDENCY_FAILED, GuardError, Halt, from_exception, is_dependency_error, log_exception
+from .errors import (
+    DEPENDENCY_FAILED,
+    GuardError,
+    Halt,
+    dependency_status,
+    from_exception,
+    is_dependency_error,
+    log_exception,
+)
 from .formats import FORMATS
 from .guardrail_engine import GuardrailEngine, strip_guardrail_fields
 from .hooks import HOOK_ERRORS, HookSet, bind_hooks, cancelling, log_hook_exception
@@ -391,7 +399,8 @@ class GuardedCall(CallState):
                 raise
             error = from_exception(exc)
             if error is None and is_dependency_error(exc):  # the key store it called failed, not the client's key
-                log_exception("the auth callable (a call it made)", exc, expose=True)
+                what = f"the auth callable (a call it made{dependency_status(exc)})"
+                log_exception(what, exc, expose=self.guard.expose_hook_errors)
                 error = GuardError(502, f"Authentication failed: {DEPENDENCY_FAILED}.")
             elif error is None:
                 log_exception("the auth callable", exc, expose=self.guard.expose_hook_errors)
