@@ -427,16 +427,18 @@ class GuardedCall(CallState):
         self.data = data
         if self.guard.litellm_fields:
             note_received(data)
-        problem = wire.check_request(data)
-        if problem is not None:
-            raise Halt(problem, problem)
+        if wire.checks_request:
+            problem = wire.check_request(data)
+            if problem is not None:
+                raise Halt(problem, problem)
         self.requested = wire.requested(data)
         model = data.get("model")
         if isinstance(model, str) and model:
             self.model = model
         elif not self.model:
             self.model = "unknown"
-        user = wire.end_user(data)
+        key = wire.end_user_key
+        user = data.get(key) if key is not None else wire.end_user(data)
         if self.user.end_user_id is None and isinstance(user, str) and user:
             self.user.end_user_id = user
         if self.guard.enforce_user_param and not (isinstance(user, str) and user):

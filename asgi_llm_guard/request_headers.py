@@ -7,8 +7,6 @@ the app receives, and ``accept-encoding`` is dropped when a hook reads responses
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from ._types import Scope
 from .auth import header_digest
 from .bodies import too_large
@@ -28,11 +26,10 @@ _SPECIAL_HEADERS = {
 }
 
 
-class RequestHeaders(NamedTuple):
-    forwarded: list[tuple[bytes, bytes]]  # what the app gets, content-type and content-length still to add
-    content_type: bytes
-    key_digest: str | None  # the SHA-256 of the API key, from the header that takes precedence
-    error: GuardError | None  # what the headers already say is wrong (a body over the limit, an encoding)
+#: What :func:`scan_headers` finds: the headers the app gets (content-type and content-length still to add), the
+#: body's content type, the SHA-256 of the API key from the header that takes precedence, and what the headers
+#: already say is wrong (a body over the limit, an encoding). A plain tuple: this runs on every guarded request.
+RequestHeaders = tuple[list[tuple[bytes, bytes]], bytes, str | None, GuardError | None]
 
 
 def scan_headers(
@@ -74,7 +71,7 @@ def scan_headers(
             if not drop_accept_encoding:
                 forwarded.append(header)
         # transfer-encoding: the body the app gets has a content-length instead
-    return RequestHeaders(forwarded, content_type, key, error)
+    return forwarded, content_type, key, error
 
 
 _METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})

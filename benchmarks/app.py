@@ -6,6 +6,9 @@ The bare app is a small pure-Starlette OpenAI-compatible service:
   realistic chat completion; with ``"stream": true`` it streams ``chunks`` SSE chunks (default 100: a role
   chunk, content chunks, a finish chunk) and ``data: [DONE]``, generated lazily, one ASGI message per chunk.
   The count comes from the query (``?chunks=N``) or the body (``"bench_chunks": N``).
+- ``POST /v1/messages``: Anthropic's Messages API; streamed, ``chunks`` events (default 100: ``message_start``,
+  ``content_block_start``, text deltas, ``content_block_stop``, ``message_delta``, ``message_stop``), else a fixed
+  message.
 - ``GET /health`` and ``POST /v1/other``: routes the guard does not guard.
 
 Variants, selectable by name (``build("guarded_pre")``), as module attributes for uvicorn
@@ -68,6 +71,14 @@ CHAT_REQUEST: dict[str, Any] = {
     "user": "user-1234",
 }
 STREAM_REQUEST: dict[str, Any] = {**CHAT_REQUEST, "stream": True}
+ANTHROPIC_STREAM_REQUEST: dict[str, Any] = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 256,
+    "system": CHAT_REQUEST["messages"][0]["content"],
+    "messages": [CHAT_REQUEST["messages"][1]],
+    "metadata": {"user_id": "user-1234"},
+    "stream": True,
+}
 
 _ANSWER = (
     "Start with The Left Hand of Darkness, a thought experiment about gender wrapped in a story of trust and "
@@ -126,6 +137,51 @@ FINISH_CHUNK = _sse(_chunk({}, "stop"))
 DONE = b"data: [DONE]\n\n"
 
 
+def _event(event: dict[str, Any]) -> bytes:
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+_MESSAGE = {
+    "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5",
+    "content": [],
+    "stop_reason": None,
+    "stop_sequence": None,
+    "usage": {"input_tokens": 54, "output_tokens": 1},
+}
+ANTHROPIC_START = [
+    _event({"type": "message_start", "message": _MESSAGE}),
+    _event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+]
+ANTHROPIC_DELTA = _event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " token"}})
+ANTHROPIC_END = [
+    _event({"type": "content_block_stop", "index": 0}),
+    _event(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 92},
+        }
+    ),
+    _event({"type": "message_stop"}),
+]
+ANTHROPIC_MESSAGE: bytes = orjson.dumps(
+    {**_MESSAGE, "content": [{"type": "text", "text": _ANSWER}], "stop_reason": "end_turn"}
+)
+
+
+async def anthropic_events(count: int) -> AsyncIterator[bytes]:
+    """``count`` Anthropic events (at least the 5 that frame a message; the rest text deltas), made lazily."""
+    for event in ANTHROPIC_START:
+        yield event
+    for _ in range(max(count - 5, 0)):
+        yield ANTHROPIC_DELTA
+    for event in ANTHROPIC_END:
+        yield event
+
+
 async def stream_chunks(count: int) -> AsyncIterator[bytes]:
     """``count`` chunks (role, content…, finish) then ``[DONE]``, made lazily: memory does not grow with
     ``count``."""
@@ -156,6 +212,16 @@ def make_bare(delay_ms: float = 0.0) -> ASGIApp:
             )
         return Response(CHAT_COMPLETION, media_type="application/json")
 
+    async def messages(request: Request) -> Response:
+        data = orjson.loads(await request.body())
+        if delay:
+            await asyncio.sleep(delay)
+        if data.get("stream"):
+            return StreamingResponse(
+                anthropic_events(_chunk_count(request, data)), media_type="text/event-stream"
+            )
+        return Response(ANTHROPIC_MESSAGE, media_type="application/json")
+
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -167,6 +233,7 @@ def make_bare(delay_ms: float = 0.0) -> ASGIApp:
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/messages", messages, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/other", other, methods=["POST"]),
         ]

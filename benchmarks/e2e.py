@@ -357,6 +357,7 @@ async def _python_load(base_url: str, load: Load, connections: int, seconds: flo
 
 CHAT = Load("POST", "/v1/chat/completions", bench_app.body_of(bench_app.CHAT_REQUEST))
 STREAM = Load("POST", "/v1/chat/completions", bench_app.body_of(bench_app.STREAM_REQUEST))
+ANTHROPIC_STREAM = Load("POST", "/v1/messages", bench_app.body_of(bench_app.ANTHROPIC_STREAM_REQUEST))
 HEALTH = Load("GET", "/health")
 
 
@@ -366,7 +367,7 @@ class Scenario:
     title: str
     load: Load
     guard: str
-    check: str = "json"  # what one answer of the guarded server must look like: json, stream, refusal
+    check: str = "json"  # what one answer of the guarded server must look like: json, stream, events, refusal
 
 
 SCENARIOS = (
@@ -382,6 +383,13 @@ SCENARIOS = (
         STREAM,
         "floor_stream",
         "stream",
+    ),
+    Scenario(
+        "anthropic_stream100_chunk_hook",
+        "Anthropic 100-event stream, per-chunk hook",
+        ANTHROPIC_STREAM,
+        "guarded_stream",
+        "events",
     ),
     Scenario("refusal", "guard's refusal vs bare app's normal answer", CHAT, "guarded_refuse", "refusal"),
 )
@@ -405,6 +413,10 @@ def check_answer(base_url: str, load: Load, kind: str) -> None:
         events = response.content.count(b"\n\n")
         if events != bench_app.DEFAULT_CHUNKS + 1 or not response.content.endswith(bench_app.DONE):
             raise RuntimeError(f"{where}: {events} SSE events, expected {bench_app.DEFAULT_CHUNKS + 1}")
+    if kind == "events":  # an Anthropic stream: its events, no [DONE]
+        events = response.content.count(b"\n\n")
+        if events != bench_app.DEFAULT_CHUNKS or not response.content.endswith(bench_app.ANTHROPIC_END[-1]):
+            raise RuntimeError(f"{where}: {events} SSE events, expected {bench_app.DEFAULT_CHUNKS}")
 
 
 def interleave(
@@ -463,7 +475,7 @@ def run_layer(
 
         for scenario in chosen:
             bare, guard = server("bare"), server(scenario.guard)
-            check_answer(bare.url, scenario.load, "stream" if scenario.check == "stream" else "json")
+            check_answer(bare.url, scenario.load, scenario.check if scenario.check in ("stream", "events") else "json")
             check_answer(guard.url, scenario.load, scenario.check)
             print(
                 f"  e2e {scenario.name}: {rounds} rounds x {seconds:.0f}s each side ...",

@@ -147,6 +147,7 @@ async def tasks_left_behind() -> int:
 
 CHAT = RequestSpec("POST", "/v1/chat/completions", bench_app.body_of(bench_app.CHAT_REQUEST))
 STREAM = RequestSpec("POST", "/v1/chat/completions", bench_app.body_of(bench_app.STREAM_REQUEST))
+ANTHROPIC_STREAM = RequestSpec("POST", "/v1/messages", bench_app.body_of(bench_app.ANTHROPIC_STREAM_REQUEST))
 HEALTH = RequestSpec("GET", "/health")
 STREAM2000 = RequestSpec(
     "POST", "/v1/chat/completions", bench_app.body_of({**bench_app.STREAM_REQUEST, "bench_chunks": 2000})
@@ -191,6 +192,14 @@ SCENARIOS = (
         100,
         expect_events=101,
         floor="floor_stream",
+    ),
+    Scenario(
+        "anthropic_stream100_chunk_hook",
+        "Anthropic 100-event stream, per-chunk hook",
+        ANTHROPIC_STREAM,
+        "guarded_stream",
+        100,
+        expect_events=100,
     ),
     Scenario(
         "refusal",

@@ -107,6 +107,8 @@ class Claude:
             if self.raise_after is not None and number == self.raise_after:
                 raise RuntimeError("the model went away")
             await send({"type": "http.response.body", "body": piece, "more_body": True})
+        if self.raise_after == len(self.events):
+            raise RuntimeError("the model went away after its last event")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _whole(self, send: Any, status: int, body: bytes, content_type: bytes) -> None:
@@ -841,3 +843,52 @@ async def test_streaming_hook_args_and_failure_hook_on_a_broken_stream() -> None
     async with client(app) as c:
         await c.post("/v1/messages", json=request(stream=True))
     assert failures == ["HTTPException"]
+
+
+# -- the docs' example -------------------------------------------------------------------------------------
+
+
+async def test_docs_anthropic_snippet_refuses_as_a_message_and_wants_metadata_user_id() -> None:
+    import runpy
+    from pathlib import Path
+
+    snippet = Path(__file__).resolve().parents[1] / "docs" / "snippets" / "anthropic_route.py"
+    app = runpy.run_path(str(snippet))["app"]
+    async with client(app) as c:
+        refused = await c.post("/v1/messages", json=request("the s3cr3t is", metadata={"user_id": "u-1"}))
+        anonymous = await c.post("/v1/messages", json=request("hello"))
+    assert refused.status_code == 200
+    assert refused.json()["content"] == [{"type": "text", "text": "I can't share that."}]
+    assert anonymous.status_code == 400
+    assert anonymous.json()["error"]["message"].startswith("'metadata.user_id' param not passed in")
+
+
+# -- after message_stop the stream is over for the client --------------------------------------------------
+
+
+@pytest.mark.parametrize("with_hook", [False, True])
+async def test_an_app_raising_after_message_stop_adds_no_error_event(with_hook: bool) -> None:
+    # Regression: the error event went out after message_stop, and the SDKs raise on it for a message they had
+    # already finished.
+    events = stream_events()
+    hooks = (Seen(),) if with_hook else ()
+    app, _ = guarded(*hooks, app=Claude(events, raise_after=len(events)))
+    async with client(app) as c:
+        response = await c.post("/v1/messages", json=request(stream=True))
+    assert kinds(response.content)[-1] == "message_stop"
+    assert b"event: error" not in response.content
+
+
+async def test_an_iterator_hook_refusing_after_message_stop_adds_nothing() -> None:
+    class Late:
+        async def async_post_call_streaming_iterator_hook(
+            self, user_api_key_dict: Any, response: AsyncIterator[dict[str, Any]], request_data: dict
+        ) -> AsyncIterator[dict[str, Any]]:
+            async for chunk in response:
+                yield chunk
+            raise RejectRequest(MESSAGE)
+
+    app, _ = guarded(Late())
+    async with client(app) as c:
+        response = await c.post("/v1/messages", json=request(stream=True))
+    assert kinds(response.content) == [kind for kind, _ in parsed_events(b"".join(stream_events()))]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"nonguarded", "chat_pre", "chat_pre_post", "stream100", "stream100_chunk_hook", "refusal",
+             "anthropic_stream100_chunk_hook",
              "chat_guardrail_pre", "chat_hook_check", "stream100_guardrail_mask", "stream2000_guardrail_mask"}
 WITH_FLOOR = {"chat_pre", "stream100", "stream100_chunk_hook"}
 GUARDRAIL_STREAMS = {"stream100_guardrail_mask", "stream2000_guardrail_mask"}

@@ -186,6 +186,8 @@ class AnthropicMessages(WireFormat):
     refusal_is_answer = True
     end_user_param = "metadata.user_id"
     stream_end_events = frozenset({"message_stop"})
+    end_user_key = None  # nested: end_user() reads it
+    checks_request = True
 
     def check_request(self, data: Mapping[str, Any]) -> GuardError | None:
         # What a guard must read right: a wrongly typed field could hide a prompt from the hooks, or turn a

@@ -134,6 +134,11 @@ class WireFormat:
     refusal_is_answer = False
     #: The request field naming the end user, as ``enforce_user_param`` reports it (dotted for a nested one).
     end_user_param = "user"
+    #: The top-level field holding the end user, read directly (a dict lookup, not a call, on every request); None
+    #: when it is nested, and :meth:`end_user` reads it.
+    end_user_key: str | None = "user"
+    #: Whether :meth:`check_request` checks anything (asked only then: a call less per request elsewhere).
+    checks_request = False
     #: Whether this format's streams end with ``data: [DONE]`` (OpenAI chat and text completions).
     ends_with_done = False
     #: The ``event:`` names that end this format's streams (Anthropic's ``message_stop``, the Responses API's
@@ -165,8 +170,8 @@ class WireFormat:
         return _STREAM if data.get("stream") is True else _NOT_STREAM
 
     def end_user(self, data: Mapping[str, Any]) -> object:
-        """The request's end-user field as sent (not checked): ``user`` by default."""
-        return data.get("user")
+        """The request's end-user field as sent (not checked): ``data[end_user_key]`` by default."""
+        return data.get(self.end_user_key) if self.end_user_key is not None else None
 
     def request_text_slots(self, data: Mapping[str, Any]) -> list[TextSlot]:
         """Every user-visible text of the request, in request order (empty strings left out)."""

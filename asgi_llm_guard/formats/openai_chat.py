@@ -24,14 +24,6 @@ _STREAMED = RequestedFormat(True, False)
 _STREAMED_WITH_USAGE = RequestedFormat(True, True)
 
 
-def requested_with_usage(data: Mapping[str, Any]) -> RequestedFormat:
-    """``stream`` and ``stream_options.include_usage``, as the OpenAI streamed formats read them."""
-    if data.get("stream") is not True:
-        return _NOT_STREAMED
-    options = data.get("stream_options")  # parsed JSON: a dict (an ABC isinstance here would cost more)
-    return _STREAMED_WITH_USAGE if type(options) is dict and options.get("include_usage") is True else _STREAMED
-
-
 def usage_chunk(base: dict[str, Any]) -> dict[str, Any]:
     return {**base, "choices": [], "usage": dict(_ZERO_USAGE)}
 
@@ -136,7 +128,11 @@ class OpenAIChat(WireFormat):
     ends_with_done = True
 
     def requested(self, data: Mapping[str, Any]) -> RequestedFormat:
-        return requested_with_usage(data)
+        """``stream`` and ``stream_options.include_usage`` (a refused stream then ends with a usage chunk)."""
+        if data.get("stream") is not True:
+            return _NOT_STREAMED
+        options = data.get("stream_options")  # parsed JSON: a dict (an ABC isinstance here would cost more)
+        return _STREAMED_WITH_USAGE if type(options) is dict and options.get("include_usage") is True else _STREAMED
 
     def _request_slots(self, data: Mapping[str, Any]) -> Iterator[TextSlot]:
         return message_list_slots(data.get("messages"))

@@ -13,7 +13,7 @@ from typing import Any
 from ..sse import DONE, encode_json
 from ._walk import is_list, list_or_empty, prompt_slots, str_slot
 from .base import RequestedFormat, StreamState, TextSlot, WireFormat, new_id
-from .openai_chat import ChatStreamState, ChatStreamText, requested_with_usage, usage_chunk
+from .openai_chat import ChatStreamState, ChatStreamText, OpenAIChat, usage_chunk
 
 
 def text_completion(
@@ -86,8 +86,7 @@ class OpenAITextCompletions(WireFormat):
     refusal_is_answer = True
     ends_with_done = True
 
-    def requested(self, data: Mapping[str, Any]) -> RequestedFormat:
-        return requested_with_usage(data)
+    requested = OpenAIChat.requested  # the same stream and stream_options.include_usage
 
     def _request_slots(self, data: Mapping[str, Any]) -> Iterator[TextSlot]:
         return prompt_slots(data)
