@@ -26,6 +26,7 @@ REFUSED_PRE_CALL = "Refused before the model."
 REFUSED_MODERATION = "Refused by moderation."
 REFUSED_POST_CALL = "Refused after the model."
 REFUSED_STREAMING = "Refused while streaming."
+REWRITTEN = "Rewritten by the post-call hook."
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -55,6 +56,10 @@ class Scenario(CallHook):
     - ``slow`` / ``slow mid-stream``: the pre-call hook / the per-chunk hook on the second delta outlasts
       ``hook_timeout``;
     - ``bug``: the pre-call hook raises ``ValueError``;
+    - ``refuse on message_delta`` / ``refuse on message_stop``: the per-chunk hook refuses on that event, when
+      the text block is already closed;
+    - ``rewrite after``: the post-call success hook replaces the answer's content;
+    - ``status 409``: the pre-call hook's 409 is replaced by the failure hook's 403;
     - ``shout``: the per-chunk hook upper-cases every text delta;
     - ``refuse in a tool block``: the model streams a text block then a tool_use block, and the per-chunk hook
       refuses on the tool input's first non-empty JSON piece;
@@ -87,12 +92,24 @@ class Scenario(CallHook):
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
         if prompt_of(data) == "refuse after":
             raise RejectRequest(REFUSED_POST_CALL)
+        if prompt_of(data) == "rewrite after":
+            assert response["type"] == "message"  # the app's Anthropic message, parsed
+            return {**response, "content": [{"type": "text", "text": REWRITTEN}]}
+        return None
+
+    async def async_post_call_failure_hook(
+        self, request_data: dict[str, Any], original_exception: Exception, user_api_key_dict: Any
+    ) -> Any:
+        if request_data and prompt_of(request_data) == "status 409":
+            return HTTPException(403, detail="Replaced by the failure hook.")
         return None
 
     async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: Any) -> Any:
         notes = user_api_key_dict.metadata
         prompt = notes["prompt"]
         if response.get("type") == "message_start" and prompt == "refuse at start":
+            raise RejectRequest(REFUSED_STREAMING)
+        if prompt == f"refuse on {response.get('type')}":  # message_delta, message_stop: no block is open
             raise RejectRequest(REFUSED_STREAMING)
         if response.get("type") != "content_block_delta":
             return None

@@ -34,6 +34,7 @@ from tests.anthropic_scenario import (
     REFUSED_POST_CALL,
     REFUSED_PRE_CALL,
     REFUSED_STREAMING,
+    REWRITTEN,
     SDK_ERRORS,
     SYSTEM,
     Model,
@@ -169,6 +170,19 @@ async def test_a_refusal_mid_stream_closes_the_message_with_one_more_text_block(
 
 
 @pytest.mark.parametrize("how", ["create-stream", "stream-helper"])
+@pytest.mark.parametrize("event", ["message_delta", "message_stop"])
+async def test_a_refusal_after_the_text_block_closed_adds_one_more_block(
+    claude: anthropic.AsyncAnthropic, how: str, event: str
+) -> None:
+    outcome = await ask(claude, how, f"refuse on {event}")
+
+    assert outcome.texts == [ANSWER, REFUSED_STREAMING]
+    assert outcome.stop_reason == "end_turn"
+    assert outcome.event_types.count("message_start") == 1
+    assert outcome.event_types.count("message_stop") == 1 and outcome.event_types[-1] == "message_stop"
+
+
+@pytest.mark.parametrize("how", ["create-stream", "stream-helper"])
 async def test_the_per_chunk_hook_edits_text_deltas(claude: anthropic.AsyncAnthropic, how: str) -> None:
     outcome = await ask(claude, how, "shout")
 
@@ -182,6 +196,22 @@ async def test_a_refusal_carries_the_rejected_stage_header(claude: anthropic.Asy
     assert raw.status_code == 200
     assert raw.headers["x-llm-guard-rejected"] == "pre_call"
     assert raw.headers["content-type"].startswith("application/json")
+
+
+async def test_a_post_call_hook_replaces_the_message(claude: anthropic.AsyncAnthropic) -> None:
+    message = await claude.messages.create(**request("rewrite after"))
+
+    assert [b.text for b in message.content if b.type == "text"] == [REWRITTEN]
+    assert (message.id, message.stop_reason) == ("msg_down", "end_turn")
+
+
+@pytest.mark.parametrize("how", HOWS)
+async def test_a_failure_hook_replaces_the_error(claude: anthropic.AsyncAnthropic, how: str) -> None:
+    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+        await ask(claude, how, "status 409")
+
+    assert caught.value.body == {"type": "error", "error": {"type": "permission_error",
+                                                            "message": "Replaced by the failure hook."}}
 
 
 class JoinTextDeltas(CallHook):
@@ -496,6 +526,20 @@ async def test_raw_mid_stream_refusal_closes_the_open_block_and_adds_one(server:
     assert events[7][1] == {"type": "content_block_stop", "index": 1}
     assert events[8][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     assert events[9][1] == {"type": "message_stop"}
+
+
+async def test_raw_refusal_with_no_block_open_adds_the_next_block(server: Server) -> None:
+    response = await post_raw(server, request("refuse on message_delta", stream=True))
+
+    events = parse_stream(response.content)
+    assert [name for name, _ in events] == [
+        "message_start", "content_block_start", "ping", *["content_block_delta"] * len(DELTAS),
+        "content_block_stop", "content_block_start", "content_block_delta", "content_block_stop",
+        "message_delta", "message_stop",
+    ]
+    assert [data["index"] for name, data in events if name.startswith("content_block")] == [0, *[0] * len(DELTAS),
+                                                                                           0, 1, 1, 1]
+    assert events[-4][1]["delta"] == {"type": "text_delta", "text": REFUSED_STREAMING}
 
 
 @pytest.mark.parametrize("hook", [Scenario, PreCallOnly])
