@@ -470,3 +470,22 @@ async def test_should_run_guardrail_override_gets_the_requested_names_and_the_ev
         await c.post("/v1/chat/completions", json={**chat("s3cr3t"), "model": "other"})
     assert [r.json["messages"][0]["content"] for r in down.received] == ["[REDACTED]", "s3cr3t"]
     assert seen[0] == (["asked", "from-key"], "pre_call", "pre_call")
+
+
+async def test_prompt_pattern_guard_through_the_middleware_masks_tool_call_arguments_too() -> None:
+    from asgi_llm_guard.contrib import PromptPatternGuard
+
+    app, down = _app(PromptPatternGuard(deny=[r"s3cr3t"], action="mask"))
+    messages = [
+        {"role": "user", "content": "use s3cr3t"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"key\": \"s3cr3t\"}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "s3cr3t accepted"},
+    ]
+    async with client(app) as c:
+        r = await c.post("/v1/chat/completions", json={"model": "m", "messages": messages})
+    assert r.headers[HEADER] == "PromptPatternGuard"
+    assert b"s3cr3t" not in down.received[0].body
+    forwarded = down.received[0].json["messages"]
+    assert forwarded[2]["content"] == "[REDACTED] accepted"
+    assert forwarded[1]["tool_calls"][0]["function"]["arguments"] == "{\"key\": \"[REDACTED]\"}"
