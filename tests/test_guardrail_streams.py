@@ -310,3 +310,20 @@ async def test_prompt_pattern_guard_masks_and_blocks_streamed_answers_as_a_post_
         r = await c.post("/v1/chat/completions", json=chat("hi", stream=True))
     assert _chat_text(_data(r.content)) == "No."
     assert b"forb" not in r.content
+
+
+async def test_a_wrong_shape_mid_stream_ends_it_with_an_error_event_and_leaks_nothing_held() -> None:
+    class WrongLater(Masker):
+        async def apply_guardrail(self, inputs, request_data, input_type, logging_obj=None):  # type: ignore[no-untyped-def]
+            if self.calls:
+                return {"texts": ["a", "b"]}  # two texts for one
+            return await super().apply_guardrail(inputs, request_data, input_type)
+
+    pieces = [f"line {i} is fine. " for i in range(30)] + ["s3cr3t at the end"]
+    app = LLMHookMiddleware(Streamer(_chat_stream(pieces)), hooks=[WrongLater()])
+    async with client(app) as c:
+        r = await c.post("/v1/chat/completions", json=chat("hi", stream=True))
+    events = _data(r.content)
+    assert events[-2]["error"]["message"] == "streaming hook WrongLater(masker) failed"
+    assert events[-1] == "[DONE]"
+    _assert_no_piece_of(r.content, "s3cr3t")
