@@ -139,6 +139,7 @@ class Model:
     """The downstream app: answers ``/v1/messages`` with ``ANSWER`` as Anthropic does, and records each body."""
 
     received: list[dict[str, Any]] = field(default_factory=list)
+    guards: list[tuple[str, str | None]] = field(default_factory=list)  # (call type, end user) the middleware left
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -151,6 +152,9 @@ class Model:
                 break
         data = json.loads(body)
         self.received.append(data)
+        guard = scope.get("state", {}).get("llm_guard")
+        if guard is not None:
+            self.guards.append((guard.call_type, guard.user_api_key_dict.end_user_id))
         if scope["path"].endswith(("/count_tokens", "/batches")):  # Anthropic's side routes: never guarded
             answer = {"input_tokens": 7} if scope["path"].endswith("/count_tokens") else {
                 "id": "msgbatch_1", "type": "message_batch", "processing_status": "in_progress"}

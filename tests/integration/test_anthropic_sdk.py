@@ -4,7 +4,7 @@
 Every refusal must parse as a normal message, every error the middleware produces, before or during a stream,
 must raise the SDK's ``APIStatusError`` subclass for its status, and a stream never holds a second
 ``message_start``. The npm SDK runs the same cases in ``test_anthropic_node_sdk.py``; the raw bytes of the
-refusal streams through a real server are checked at the end of this module.
+refusal and error streams through uvicorn and hypercorn are checked at the end of this module.
 
 One guarded app serves every case: what the hooks do is chosen by the last user message (see
 ``tests/anthropic_scenario.py``).
@@ -37,6 +37,7 @@ from tests.anthropic_scenario import (
     REWRITTEN,
     SDK_ERRORS,
     SYSTEM,
+    USER,
     Model,
     PreCallOnly,
     Scenario,
@@ -44,7 +45,7 @@ from tests.anthropic_scenario import (
     guarded_app,
     request,
 )
-from tests.servers import serve
+from tests.servers import SERVERS, serve
 
 
 @pytest.fixture
@@ -124,6 +125,7 @@ async def test_a_guarded_request_is_answered_and_the_app_receives_the_final_body
     if how != "create":
         expected["stream"] = True
     assert server.model.received == [expected]
+    assert server.model.guards == [("anthropic_messages", USER)]  # the end user is metadata.user_id
 
 
 @pytest.mark.parametrize(("how", "prompt", "message"), [
@@ -452,6 +454,14 @@ async def test_a_refusal_in_a_tool_use_block_closes_it_and_adds_a_text_block(
 # -- raw bytes through the real server -----------------------------------------------------------------------
 
 
+@pytest.fixture(params=sorted(SERVERS))
+async def raw_server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """The guarded app under uvicorn, then hypercorn: the event bytes must not depend on the server."""
+    app, model = guarded_app()
+    async with SERVERS[request.param](app) as base_url:
+        yield Server(base_url, model)
+
+
 def parse_stream(body: bytes) -> list[tuple[str, dict[str, Any]]]:
     """Each event as (its ``event:`` name, its decoded ``data:``), checking that every event is exactly an
     ``event:`` line and a ``data:`` line whose ``type`` is the event's name."""
@@ -471,8 +481,8 @@ async def post_raw(server: Server, body: dict[str, Any]) -> httpx.Response:
         return await client.post("/v1/messages", json=body, headers={"anthropic-version": "2023-06-01"})
 
 
-async def test_raw_refusal_stream_is_the_anthropic_event_sequence(server: Server) -> None:
-    response = await post_raw(server, request("refuse", stream=True))
+async def test_raw_refusal_stream_is_the_anthropic_event_sequence(raw_server: Server) -> None:
+    response = await post_raw(raw_server, request("refuse", stream=True))
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -496,8 +506,8 @@ async def test_raw_refusal_stream_is_the_anthropic_event_sequence(server: Server
     ]
 
 
-async def test_raw_refusal_json_is_the_anthropic_message(server: Server) -> None:
-    response = await post_raw(server, request("refuse"))
+async def test_raw_refusal_json_is_the_anthropic_message(raw_server: Server) -> None:
+    response = await post_raw(raw_server, request("refuse"))
 
     assert response.status_code == 200
     body = response.json()
@@ -507,8 +517,8 @@ async def test_raw_refusal_json_is_the_anthropic_message(server: Server) -> None
                     "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
 
 
-async def test_raw_mid_stream_refusal_closes_the_open_block_and_adds_one(server: Server) -> None:
-    response = await post_raw(server, request("refuse mid-stream", stream=True))
+async def test_raw_mid_stream_refusal_closes_the_open_block_and_adds_one(raw_server: Server) -> None:
+    response = await post_raw(raw_server, request("refuse mid-stream", stream=True))
 
     assert response.status_code == 200
     assert "x-llm-guard-rejected" not in response.headers  # the response had started
@@ -528,8 +538,8 @@ async def test_raw_mid_stream_refusal_closes_the_open_block_and_adds_one(server:
     assert events[9][1] == {"type": "message_stop"}
 
 
-async def test_raw_refusal_with_no_block_open_adds_the_next_block(server: Server) -> None:
-    response = await post_raw(server, request("refuse on message_delta", stream=True))
+async def test_raw_refusal_with_no_block_open_adds_the_next_block(raw_server: Server) -> None:
+    response = await post_raw(raw_server, request("refuse on message_delta", stream=True))
 
     events = parse_stream(response.content)
     assert [name for name, _ in events] == [
@@ -556,8 +566,8 @@ async def test_raw_app_breaking_mid_stream_is_an_error_event_then_the_end(hook: 
     assert events[-1][1]["error"]["type"] == "api_error"
 
 
-async def test_raw_error_mid_stream_is_one_error_event_then_the_end(server: Server) -> None:
-    response = await post_raw(server, request("status 429 mid-stream", stream=True))
+async def test_raw_error_mid_stream_is_one_error_event_then_the_end(raw_server: Server) -> None:
+    response = await post_raw(raw_server, request("status 429 mid-stream", stream=True))
 
     assert response.status_code == 200
     events = parse_stream(response.content)
