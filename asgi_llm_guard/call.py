@@ -97,10 +97,10 @@ class CallState:
             error.hook = error.hook or hook.name
             return error
         if is_dependency_error(exc):
-            # What a provider SDK raised for the hook's own call (the service's key, its quota): a 502; the provider's
-            # status goes to the ERROR log, its message only where any exception's text goes (see errors.py).
+            # What a provider SDK raised for the hook's own call (the service's key, its quota): a 502, with the
+            # provider's status and message in the ERROR log only (see errors.py).
             what = f"{stage} hook {hook.name} (a call it made{dependency_status(exc)})"
-            log_exception(what, exc, expose=self.settings.expose_hook_errors)
+            log_exception(what, exc, expose=True)  # the operator's to fix: docs/reference.md#privacy
             return GuardError(502, f"{stage} hook {hook.name} failed: {DEPENDENCY_FAILED}", stage=stage, hook=hook.name)
         expose = self.settings.expose_hook_errors
         log_hook_exception(hook, exc, expose)

@@ -8,8 +8,8 @@ carry a prompt or a key), unless the middleware was built with ``expose_hook_err
 One exception to the ``status_code`` rule: an error a provider SDK or an HTTP client raised for a call the hook
 (or the app) made (:func:`is_dependency_error`) is that dependency's failure, not the client's. Its status
 describes the service's own call: an ``openai.AuthenticationError`` from the service's key must not tell the client
-that *its* key is bad. It is a 502 instead, its status logged, its message never sent (and logged at DEBUG only,
-as every exception's text).
+that *its* key is bad. It is a 502 instead, its status and message logged at ERROR (the operator's to fix; a
+provider masks keys in them), never sent.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def is_dependency_error(exc: BaseException) -> bool:
 
 def dependency_status(exc: BaseException) -> str:
     """``", status 401"`` for a dependency error that carries a status (``response.status_code`` for httpx's),
-    else ``""``: a number the ERROR log may hold, where the provider's message may not (docs/reference.md#privacy)."""
+    else ``""``, for the log line."""
     status = status_of(exc)
     if status is None:
         status = getattr(getattr(exc, "response", None), "status_code", None)

@@ -400,7 +400,7 @@ class GuardedCall(CallState):
             error = from_exception(exc)
             if error is None and is_dependency_error(exc):  # the key store it called failed, not the client's key
                 what = f"the auth callable (a call it made{dependency_status(exc)})"
-                log_exception(what, exc, expose=self.guard.expose_hook_errors)
+                log_exception(what, exc, expose=True)  # the operator's to fix: docs/reference.md#privacy
                 error = GuardError(502, f"Authentication failed: {DEPENDENCY_FAILED}.")
             elif error is None:
                 log_exception("the auth callable", exc, expose=self.guard.expose_hook_errors)
