@@ -325,3 +325,21 @@ async def test_each_guardrail_decision_is_a_span_under_the_request(
         parents = {under} | {h.context.span_id for h in hooks if h.parent is not None and h.parent.span_id == under}
         assert guardrail.parent is not None and guardrail.parent.span_id in parents
     assert not [s for s in exporter.get_finished_spans() if "pz-7731" in str(dict(s.attributes or {}))]
+
+
+async def test_a_limiter_429_names_its_limit_on_the_request_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    from asgi_llm_guard.contrib import ParallelRequestLimiter
+
+    traces = OpenTelemetryObserver(provider)
+    limiter = ParallelRequestLimiter(rpm_limit=1, observer=traces)
+    app = LLMHookMiddleware(Downstream(), hooks=[limiter], observer=traces)
+    async with client(app) as http:
+        key = {"authorization": "Bearer sk-limited"}
+        statuses = [(await http.post("/v1/chat/completions", json=chat("hi"), headers=key)).status_code for _ in "ab"]
+    assert statuses == [200, 429]
+    allowed, limited = spans(exporter, "llm_guard.request")
+    assert "llm_guard.limit" not in (allowed.attributes or {})
+    assert limited.attributes["llm_guard.limit"] == "rpm"  # type: ignore[index]
+    assert limited.attributes["llm_guard.decision"] == "block"  # type: ignore[index]

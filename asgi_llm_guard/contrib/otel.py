@@ -201,3 +201,11 @@ class OpenTelemetryObserver(Observer):
         if decision in ("block", "error"):
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, decision))
         span.end()
+
+    # -- ParallelRequestLimiter(observer=...) -------------------------------------------------------------
+
+    def limiter_rejected(self, limit: str) -> None:
+        """A ``ParallelRequestLimiter`` given this observer answered 429: the request's span names the limit."""
+        request = self._request.get()
+        if request is not None:
+            request.span.set_attribute("llm_guard.limit", limit)
