@@ -397,6 +397,13 @@ class Guardrail:
                     if not released and form.text_only(chunk):
                         shift -= 1
                         continue
+                for channel, container, key in form.echoes(chunk):
+                    text = container.get(key)
+                    if channel not in emitted and isinstance(text, str) and text:
+                        # a text the stream never sent as deltas, only whole here: checked here, once
+                        new, _ = await self.check(run, "post_call", [text], extras, data, "response", hook, tally)
+                        container[key] = text if new is None else new[0]
+                        emitted[channel] = [container[key]]
                 if form.sequenced:
                     form.complete(chunk, {channel: "".join(parts) for channel, parts in emitted.items()})
                     sequence = chunk.get("sequence_number")

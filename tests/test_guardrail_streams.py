@@ -327,3 +327,31 @@ async def test_a_wrong_shape_mid_stream_ends_it_with_an_error_event_and_leaks_no
     assert events[-2]["error"]["message"] == "streaming hook WrongLater(masker) failed"
     assert events[-1] == "[DONE]"
     _assert_no_piece_of(r.content, "s3cr3t")
+
+
+async def test_anthropic_text_in_a_content_block_start_is_held_and_masked_too() -> None:
+    events = _anthropic_stream(["cr3t and more"])
+    events[1] = _named("content_block_start", index=0, content_block={"type": "text", "text": "a s3"})
+    app = LLMHookMiddleware(Streamer(events), routes={"/v1/messages": "anthropic_messages"},
+                            hooks=[Masker(stream_holdback_chars=8, stream_check_chars=2)])
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with client(app) as c:
+        r = await c.post("/v1/messages", json=body)
+    _assert_no_piece_of(r.content, "s3cr3t")
+    data = _data(r.content)
+    start = next(e for e in data if e["type"] == "content_block_start")
+    deltas = "".join(e["delta"]["text"] for e in data if e["type"] == "content_block_delta")
+    assert start["content_block"]["text"] + deltas == "a [REDACTED] and more"
+
+
+async def test_responses_text_sent_only_whole_in_done_events_is_checked_there() -> None:
+    events = [e for e in _responses_stream(["the s3cr3t is here"]) if b"output_text.delta" not in e]
+    guard = Masker()
+    app = LLMHookMiddleware(Streamer(events), hooks=[guard])
+    async with client(app) as c:
+        r = await c.post("/v1/responses", json={"model": "m", "input": "hi", "stream": True})
+    assert b"s3cr3t" not in r.content
+    by_type = {e["type"]: e for e in _data(r.content)}
+    assert by_type["response.output_text.done"]["text"] == "the [REDACTED] is here"
+    assert by_type["response.completed"]["response"]["output"][0]["content"][0]["text"] == "the [REDACTED] is here"
+    assert guard.calls == 1

@@ -159,15 +159,19 @@ class AnthropicStreamState(StreamState):
 
 class AnthropicStreamText(StreamText):
     def slots(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
-        if chunk.get("type") != "content_block_delta":
-            return []
-        delta = chunk.get("delta")
-        if isinstance(delta, dict) and delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
-            return [(chunk.get("index", 0), delta, "text")]
+        kind = chunk.get("type")
+        if kind == "content_block_delta":
+            delta = chunk.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                return [(chunk.get("index", 0), delta, "text")]
+        elif kind == "content_block_start":  # a text block may start with text (Anthropic's own start with "")
+            block = chunk.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+                return [(chunk.get("index", 0), block, "text")]
         return []
 
     def text_only(self, chunk: dict[str, Any]) -> bool:
-        return bool(self.slots(chunk))
+        return chunk.get("type") == "content_block_delta" and bool(self.slots(chunk))
 
     def closes(self, chunk: dict[str, Any]) -> list[Any] | str:
         kind = chunk.get("type")
@@ -178,7 +182,8 @@ class AnthropicStreamText(StreamText):
         return []
 
     def carrier(self, template: dict[str, Any], text: str) -> dict[str, Any]:
-        return {**template, "delta": {**template["delta"], "text": text}}
+        return {"type": "content_block_delta", "index": template.get("index", 0),
+                "delta": {"type": "text_delta", "text": text}}
 
 
 class AnthropicMessages(WireFormat):

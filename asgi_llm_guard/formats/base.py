@@ -119,6 +119,11 @@ class StreamText:
         """A new text event like ``template`` (an earlier text event of the channel) carrying ``text``."""
         raise NotImplementedError
 
+    def echoes(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        """Whole texts an event repeats (``(channel, container, key)``): a channel that had no deltas has its text
+        only there, and it must be checked there."""
+        return []
+
     def complete(self, chunk: dict[str, Any], emitted: Mapping[Any, str]) -> None:
         """Rewrite, in place, whole texts an event repeats (the Responses API's ``done`` events) to the text that
         was emitted for their channel."""

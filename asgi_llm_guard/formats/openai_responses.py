@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import GuardError
 from ..sse import DONE, encode_json
-from ._walk import image_urls, input_slots, is_list, str_slot
+from ._walk import image_urls, input_slots, is_list, list_or_empty, str_slot
 from .base import ALL_CHANNELS, RequestedFormat, StreamState, StreamText, TextSlot, WireFormat, new_id
 
 _ZERO_USAGE = {
@@ -266,6 +266,23 @@ class ResponsesStreamText(StreamText):
             event["logprobs"] = []
         return event
 
+    def echoes(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        kind = chunk.get("type")
+        if kind == "response.output_text.done":
+            return [((chunk.get("output_index"), chunk.get("content_index")), chunk, "text")]
+        if kind == "response.content_part.done":
+            part = chunk.get("part")
+            if isinstance(part, dict) and part.get("type") == "output_text":
+                return [((chunk.get("output_index"), chunk.get("content_index")), part, "text")]
+            return []
+        if kind == "response.output_item.done":
+            return _item_texts(chunk.get("item"), chunk.get("output_index"))
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = chunk.get("response")
+            output = response.get("output") if isinstance(response, dict) else None
+            return [found for index, item in enumerate(list_or_empty(output)) for found in _item_texts(item, index)]
+        return []
+
     def complete(self, chunk: dict[str, Any], emitted: Mapping[Any, str]) -> None:
         kind = chunk.get("type")
         if kind == "response.output_text.done":
@@ -289,6 +306,16 @@ class ResponsesStreamText(StreamText):
                     for index, item in enumerate(response["output"])
                 ]
                 chunk["response"] = {**response, "output": output}
+
+
+def _item_texts(item: Any, output_index: Any) -> list[tuple[Any, Any, Any]]:
+    if not isinstance(item, dict) or item.get("type") != "message":
+        return []
+    return [
+        ((output_index, index), part, "text")
+        for index, part in enumerate(list_or_empty(item.get("content")))
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    ]
 
 
 def _completed_item(item: dict[str, Any], output_index: Any, emitted: Mapping[Any, str]) -> dict[str, Any]:
