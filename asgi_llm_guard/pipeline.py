@@ -394,6 +394,8 @@ class ResponsePipeline:
 
     def _sniff(self, body: bytes, more: bool) -> int | None:
         """What the body is, from its first bytes (BOM and whitespace skipped); ``None`` until they tell."""
+        if not body and self._head is None:
+            return None if more else _EMPTY  # nothing yet: a BOM may still come first
         head = body[:_SNIFF_BYTES] if self._head is None else self._head + body[:_SNIFF_BYTES]
         if self._head is None or self._head.startswith(lenient_json.BOM[:1]):
             if more and len(head) < 3 and lenient_json.BOM.startswith(head):

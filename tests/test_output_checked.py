@@ -450,3 +450,12 @@ async def test_the_502_is_in_the_routes_own_format() -> None:
     assert json.loads(script.body)["type"] == "error"
     assert json.loads(script.body)["error"]["type"] == "api_error"
     assert dict(script.sent[0]["headers"])[b"x-llm-guard-rejected"] == b"post_call"
+
+
+async def test_a_bom_after_an_empty_first_message_is_still_a_bom() -> None:
+    """Found by tests/test_output_properties.py: an empty first body message made the BOM after it count as text
+    (a 502 for a JSON answer the SDK parses)."""
+    hook = Redact()
+    app = app_answering([b"", BOM + orjson.dumps(ANSWER)], [JSON])
+    script = await drive(LLMHookMiddleware(app, hooks=[hook]), chat())
+    assert script.status == 200 and len(hook.success) == 1 and b"1234" not in script.body
