@@ -380,6 +380,29 @@ class MaskGuardrail(CustomGuardrail):
         return {**inputs, "texts": [text.replace("s3cr3t", "[REDACTED]") for text in inputs["texts"]]}
 
 
+def make_litellm_guardrail_pre() -> ASGIApp:
+    """The check of ``guardrail_pre`` written on LiteLLM's own ``CustomGuardrail`` (docs/litellm.md): what running
+    a LiteLLM guardrail unchanged costs over the same guardrail written on ours. Imports litellm."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from litellm.integrations.custom_guardrail import CustomGuardrail as LiteLLMCustomGuardrail
+
+    class LiteLLMCheck(LiteLLMCustomGuardrail):
+        async def apply_guardrail(
+            self, inputs: Any, request_data: Any, input_type: Any, logging_obj: Any = None
+        ) -> Any:
+            for text in inputs["texts"]:
+                if "forbidden" in text:
+                    raise RejectRequest("blocked")
+            return inputs
+
+    guard = LiteLLMCheck(guardrail_name="check", event_hook="pre_call", default_on=True)
+    return LLMHookMiddleware(make_bare(), hooks=[guard])
+
+
 # -- variants
 
 
@@ -444,6 +467,7 @@ VARIANTS: dict[str, Callable[[], ASGIApp]] = {
     "guardrail_pre": make_guardrail_pre,
     "hook_check": make_hook_check,
     "guardrail_mask": make_guardrail_mask,
+    "litellm_guardrail_pre": make_litellm_guardrail_pre,
 }
 
 

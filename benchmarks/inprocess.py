@@ -212,6 +212,14 @@ SCENARIOS = (
     # docs/guardrails.md: the cost of a guardrail, and of the same check as a pre-call hook.
     Scenario("chat_guardrail_pre", "chat JSON, a pre_call guardrail checking each text", CHAT, "guardrail_pre", 1000),
     Scenario("chat_hook_check", "chat JSON, the same check as a pre-call hook", CHAT, "hook_check", 1000),
+    # docs/litellm.md: the same guardrail written on LiteLLM's CustomGuardrail, run unchanged.
+    Scenario(
+        "chat_litellm_guardrail_pre",
+        "chat JSON, the same pre_call guardrail on LiteLLM's CustomGuardrail",
+        CHAT,
+        "litellm_guardrail_pre",
+        1000,
+    ),
     Scenario(
         "stream100_guardrail_mask",
         "100-chunk stream, a post_call masking guardrail (hold-back window)",

@@ -134,3 +134,34 @@ def test_litellm_is_not_imported_without_a_litellm_hook() -> None:
     # Regression guard: importing litellm takes seconds and much memory; only its hooks may cause it.
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+class NeedsProxyState(CustomLogger):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.seen: list[Any] = []
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> Any:
+        import litellm.proxy.proxy_server as proxy_server
+
+        self.seen.append(getattr(proxy_server, self.name))
+        return None
+
+
+async def test_the_proxys_router_and_database_read_as_absent() -> None:
+    hook = NeedsProxyState("llm_router")
+    app = LLMHookMiddleware(Downstream(), hooks=[hook])
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 200 and hook.seen == [None]
+
+
+async def test_a_hook_needing_more_of_the_proxy_fails_closed() -> None:
+    # Regression guard: a proxy-only name must not read as None and let the request through unchecked.
+    app = LLMHookMiddleware(Downstream(), hooks=[NeedsProxyState("spend_counter_store")])
+    async with client(app) as c:
+        response = await c.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 500
+    assert response.json()["error"]["message"] == "pre_call hook NeedsProxyState failed"
+    assert app.app.received == []
