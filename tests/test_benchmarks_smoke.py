@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"nonguarded", "chat_pre", "chat_pre_post", "stream100", "stream100_chunk_hook", "refusal",
              "anthropic_stream100_chunk_hook",
-             "chat_guardrail_pre", "chat_hook_check", "stream100_guardrail_mask", "stream2000_guardrail_mask"}
+             "chat_guardrail_pre", "chat_hook_check", "stream100_guardrail_mask", "stream2000_guardrail_mask",
+             "chat_litellm_guardrail_pre"}
 WITH_FLOOR = {"chat_pre", "stream100", "stream100_chunk_hook"}
 GUARDRAIL_STREAMS = {"stream100_guardrail_mask", "stream2000_guardrail_mask"}
 FLOORS = {"chat_pre_throughput", "stream100_throughput", "stream100_chunk_hook_throughput"}
