@@ -454,8 +454,9 @@ class Upstream:
                 return JSONResponse({"error": error}, status_code=429, headers=RATE_LIMIT_HEADERS)
             if body["model"] == "gzipped":
                 answer = json.dumps({"id": "chatcmpl-gz", "object": "chat.completion", "choices": []}).encode()
+                hop_by_hop = {"keep-alive": "timeout=99", "proxy-authenticate": "Basic", "upgrade": "h2c"}
                 return Response(gzip.compress(answer), media_type="application/json",
-                                headers={"content-encoding": "gzip", **RATE_LIMIT_HEADERS})
+                                headers={"content-encoding": "gzip", **hop_by_hop, **RATE_LIMIT_HEADERS})
             if body.get("stream"):
                 return StreamingResponse(self.events(body["model"]), media_type="text/event-stream")
             return JSONResponse({
@@ -603,7 +604,7 @@ async def test_upstream_status_and_headers_reach_the_client(
         assert response.headers[name] == value
 
 
-async def test_upstream_body_encoding_is_not_passed_on_with_the_decoded_body(
+async def test_upstream_body_encoding_and_hop_by_hop_headers_are_not_passed_on(
     client: httpx.AsyncClient, upstream: Upstream
 ) -> None:
     # httpx decodes the upstream's gzip; passing its content-encoding (or content-length) on would make the
@@ -615,6 +616,9 @@ async def test_upstream_body_encoding_is_not_passed_on_with_the_decoded_body(
     assert response.json()["id"] == "chatcmpl-gz"
     assert response.headers["content-length"] == str(len(response.content))
     assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    # headers of the upstream's own connection stay there
+    assert "timeout=99" not in response.headers.get("keep-alive", "")
+    assert "proxy-authenticate" not in response.headers and "upgrade" not in response.headers
 
 
 async def test_responses_api_is_forwarded(client: httpx.AsyncClient, upstream: Upstream) -> None:
