@@ -149,10 +149,10 @@ def responses(data: dict[str, Any]) -> Reply:
         items = [{"role": "user", "content": items}]
     if not isinstance(items, list) or not items:
         return error(400, "'input' must be a string or a non-empty list of items.", param="input")
-    messages = [i for i in items if isinstance(i, dict) and i.get("type", "message") == "message"]
-    users = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    turns = [i for i in items if isinstance(i, dict) and i.get("type", "message") == "message"]
+    users = [text_of(m.get("content")) for m in turns if m.get("role") == "user"]
     instructions = data.get("instructions")
-    prompts = [text_of(m.get("content")) for m in messages]
+    prompts = [text_of(m.get("content")) for m in turns]
     prompts += [instructions] if isinstance(instructions, str) else []
     reply = reply_to(users[-1] if users else "")
     counted = count_usage(prompts, reply)
