@@ -29,12 +29,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from .errors import RejectRequest, status_of
+from .errors import RejectRequest, is_dependency_error, status_of
 from .formats import ALL_CHANNELS, FORMATS, StreamText
 from .guardrail_texts import Channel, Slot, request_extras, request_slots, response_extras, response_slots
 from .guardrails import CustomGuardrail, EventType, requested_guardrails
 from .holdback import DEFAULT_CHECK_CHARS, DEFAULT_HOLDBACK_CHARS, HeldText
-from .hooks import HOOK_METHODS, BoundHook, HookTimeout, bind_method, field_of
+from .hooks import HOOK_ERRORS, HOOK_METHODS, BoundHook, HookTimeout, bind_method, cancelling, field_of, off_loop
 from .observe import Observer
 
 logger = logging.getLogger("asgi_llm_guard")
@@ -227,7 +227,11 @@ class Guardrail:
                 run.record(self, mode, input_type, decision, seconds, reason)
 
         try:
-            result: Any = self.guard.apply_guardrail(inputs, data, input_type)
+            apply = self.guard.apply_guardrail
+            if inspect.iscoroutinefunction(apply):
+                result: Any = apply(inputs, data, input_type)
+            else:  # a sync apply_guardrail runs in a worker thread, as every sync hook method does (hooks.py)
+                result = off_loop(apply, inputs, data, input_type)
             if inspect.isawaitable(result):
                 if self.timeout is None:
                     result = await result
@@ -242,10 +246,11 @@ class Guardrail:
                 logger.warning("%s; going on without it (%s)", exc, "logging_only" if monitor else "fail_open")
                 return None, None
             raise
-        except asyncio.CancelledError:
-            done("not_run", "cancelled (the request ended first)")
-            raise
-        except Exception as exc:
+        except HOOK_ERRORS as exc:
+            if isinstance(exc, asyncio.CancelledError) and cancelling():
+                done("not_run", "cancelled (the request ended first)")
+                raise
+            # anything else, a CancelledError of the guardrail's own included, is its decision or its failure
             decision = _blocked_or_error(exc)
             if monitor:
                 done("flag" if decision == "block" else "error", type(exc).__name__)
@@ -474,7 +479,9 @@ def _stream_text(call_type: str) -> StreamText | None:
 
 def _blocked_or_error(exc: BaseException) -> str:
     status = status_of(exc)
-    return "block" if isinstance(exc, RejectRequest) or (status is not None and status < 500) else "error"
+    if isinstance(exc, RejectRequest) or (status is not None and status < 500 and not is_dependency_error(exc)):
+        return "block"
+    return "error"
 
 
 def _texts_of(result: Any, texts: list[str]) -> list[str] | None:

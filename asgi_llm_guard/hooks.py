@@ -243,12 +243,17 @@ _SYNC_HOOK_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="asgi
 
 
 async def _in_thread(hook: BoundHook, arguments: Mapping[str, Any]) -> Any:
-    """Run a sync hook method in a worker thread (with the caller's context variables); an awaitable it returns is
-    awaited here, on the loop. A timed-out call stops being awaited, but its thread runs the method to its end:
-    threads cannot be cancelled."""
+    """Run a sync hook method in a worker thread (see :func:`off_loop`)."""
+    return await off_loop(hook.invoke, arguments)
+
+
+async def off_loop(function: Callable[..., Any], *args: Any) -> Any:
+    """Run a sync hook function in a worker thread (with the caller's context variables); an awaitable it returns
+    is awaited here, on the loop. A timed-out call stops being awaited, but its thread runs the function to its
+    end: threads cannot be cancelled."""
     context = contextvars.copy_context()
     loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(_SYNC_HOOK_THREADS, context.run, hook.invoke, arguments)
+    result = await loop.run_in_executor(_SYNC_HOOK_THREADS, context.run, function, *args)
     if inspect.isawaitable(result):
         result = await result
     return result

@@ -22,7 +22,8 @@ import pytest
 from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from asgi_llm_guard import LLMHookMiddleware, UserAPIKeyAuth, middleware
+from asgi_llm_guard import CustomGuardrail, LLMHookMiddleware, UserAPIKeyAuth, middleware
+from asgi_llm_guard.observe import Observer
 
 from .apps import Script, body_messages, chat, chat_chunk, http_scope, sse
 from .asgi_checks import Failures, assert_legal, assert_no_new_tasks
@@ -654,3 +655,67 @@ async def test_an_app_running_on_past_the_grace_is_cancelled_again_and_logged(
     await asyncio.sleep(0)
     assert down.state == "cancelled again"
     assert "ignored its cancellation" in caplog.text
+
+
+# -- the same faults in a CustomGuardrail's apply_guardrail --------------------------------------------------------
+
+
+class GuardrailRecorder(Observer):
+    def __init__(self) -> None:
+        self.decisions: list[tuple[str, str, str]] = []
+
+    def guardrail_finished(self, guardrail: str, stage: str, decision: str, seconds: float, reason: str | None) -> None:
+        self.decisions.append((guardrail, stage, decision))
+
+
+class SlowSyncGuardrail(CustomGuardrail):
+    def apply_guardrail(self, inputs, request_data, input_type, logging_obj=None):  # type: ignore[no-untyped-def]
+        if request_data.get("slow"):
+            time.sleep(1.0)
+        return None
+
+
+async def test_a_slow_sync_guardrail_times_out_and_does_not_stall_other_requests() -> None:
+    guardrail = SlowSyncGuardrail(guardrail_name="slow", event_hook="pre_call", default_on=True)
+    app, _ = guard(App(JSON_STEPS), guardrail, hook_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    slow_script = Script(body_messages(orjson.dumps(chat(slow=True))))
+    began = loop.time()
+    slow = asyncio.ensure_future(app(http_scope(), slow_script.receive, slow_script.send))
+    await asyncio.sleep(0.05)
+    quick_script = Script(body_messages(orjson.dumps(chat())))
+    quick_began = loop.time()
+    await app(http_scope(), quick_script.receive, quick_script.send)
+    quick_took = loop.time() - quick_began
+    await slow
+    assert quick_script.status == 200 and quick_took < 0.5, quick_took
+    assert error_of(slow_script, 503)["type"] == "timeout_error"
+    assert loop.time() - began < 0.7
+
+
+async def test_a_guardrail_raising_cancelled_error_of_its_own_is_its_failure() -> None:
+    class Cancelled(CustomGuardrail):
+        async def apply_guardrail(self, inputs, request_data, input_type, logging_obj=None):  # type: ignore[no-untyped-def]
+            await raise_a_foreign_cancellation()
+
+    recorder = GuardrailRecorder()
+    guardrail = Cancelled(guardrail_name="cancelled", event_hook="pre_call", default_on=True)
+    app, failures = guard(App(JSON_STEPS), guardrail, observer=recorder)
+    script = await drive(app)
+    assert error_of(script, 500)["message"] == "pre_call hook Cancelled(cancelled) failed"
+    assert recorder.decisions == [("cancelled", "pre_call", "error")]
+    assert [type(e) for e in failures.exceptions] == [asyncio.CancelledError]
+
+
+async def test_a_guardrail_whose_provider_refuses_the_services_key_is_a_502_recorded_as_an_error() -> None:
+    class CallsOpenAI(CustomGuardrail):
+        async def apply_guardrail(self, inputs, request_data, input_type, logging_obj=None):  # type: ignore[no-untyped-def]
+            raise sdk_errors()[0]
+
+    recorder = GuardrailRecorder()
+    guardrail = CallsOpenAI(guardrail_name="calls-openai", event_hook="pre_call", default_on=True)
+    app, _ = guard(App(JSON_STEPS), guardrail, observer=recorder)
+    script = await drive(app)
+    message = error_of(script, 502)["message"]
+    assert message == "pre_call hook CallsOpenAI(calls-openai) failed: upstream dependency error"
+    assert recorder.decisions == [("calls-openai", "pre_call", "error")]  # not a "block" of the client's request
