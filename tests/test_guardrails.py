@@ -489,3 +489,21 @@ async def test_prompt_pattern_guard_through_the_middleware_masks_tool_call_argum
     forwarded = down.received[0].json["messages"]
     assert forwarded[2]["content"] == "[REDACTED] accepted"
     assert forwarded[1]["tool_calls"][0]["function"]["arguments"] == "{\"key\": \"[REDACTED]\"}"
+
+
+async def test_anthropic_request_system_and_messages_in_and_metadata_guardrails_not_forwarded() -> None:
+    guard = NoSecrets(guardrail_name="ns", event_hook="pre_call")
+    app, down = _app(guard)
+    body = {
+        "model": "claude", "max_tokens": 5, "system": "sys s3cr3t",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi s3cr3t"}]}],
+        "metadata": {"user_id": "u-1", "guardrails": ["ns"]},
+    }
+    async with client(app) as c:
+        r = await c.post("/v1/messages", json=body)
+    assert r.headers[HEADER] == "ns"
+    assert guard.calls == [("request", ["sys s3cr3t", "hi s3cr3t"])]
+    forwarded = down.received[0].json
+    assert forwarded["system"] == "sys [REDACTED]"
+    assert forwarded["messages"][0]["content"][0]["text"] == "hi [REDACTED]"
+    assert forwarded["metadata"] == {"user_id": "u-1"}
