@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from typing import Any
 
 import fastapi
@@ -359,4 +360,46 @@ async def test_a_rejection_while_the_app_waits_at_the_limit_answers_at_once_and_
     assert app.cancelled and not app.finished
     assert moderation.app_sent_by_verdict <= 1024 * 1024
     assert client_side.status == 200 and client_side.chunks == 0  # nothing the app sent reached the client
+    assert orjson.loads(client_side.body)["choices"][0]["message"]["content"] == "blocked by moderation"
+
+
+async def test_what_an_app_sends_after_a_rejection_is_discarded_not_held() -> None:
+    # An app that swallows its cancellation and sends on while the failure hooks look at the rejection: none of
+    # it can reach the client, so none of it is kept (it was held, without bound, in a list nobody would read).
+
+    class Stubborn:
+        sent_after_rejection = 0
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                pass  # swallowed
+            for index in range(800):  # 50 MiB
+                await send({"type": "http.response.body", "body": bytes(CHUNK), "more_body": True})
+                self.sent_after_rejection += CHUNK
+                if index % 100 == 0:
+                    await asyncio.sleep(0)
+
+    class SlowFailureHook:
+        async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                               user_api_key_dict: Any) -> None:
+            await asyncio.sleep(0.3)  # the app runs meanwhile
+
+    app = Stubborn()
+    hooks = [Moderate(delay=0.05, verdict=RejectRequest("blocked by moderation")), SlowFailureHook()]
+    client_side = InOrder()
+    script = Script(body_messages(orjson.dumps(chat())))
+    tracemalloc.start()
+    try:
+        guard = LLMHookMiddleware(app, hooks=hooks)
+        await asyncio.wait_for(guard(http_scope(), script.receive, client_side.send), 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert app.sent_after_rejection == 800 * CHUNK  # it did send it all, before the rejection was answered
+    assert peak < 8 * 1024 * 1024  # 50 MiB when it was held
+    assert client_side.chunks == 0
     assert orjson.loads(client_side.body)["choices"][0]["message"]["content"] == "blocked by moderation"
