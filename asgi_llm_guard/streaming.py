@@ -88,7 +88,7 @@ class StreamRewriter:
         self.saw_done = False  # ...the app sent it: its stream is whole
         self.done_sent = False  # ...it went out: the stream is over for the client, whatever follows
         #: Per-chunk hooks only, on a stream whose events need no bookkeeping: :meth:`feed` may take its fast path.
-        self.quick = not self.iterators and not self.observes
+        self.quick = not self.iterators
         self.idle = False  # `quick`, and nothing pending in the parser
         self.hook_pair = _chunk_hook_pair(self.per_chunk, call.args)
 
@@ -96,18 +96,31 @@ class StreamRewriter:
 
     async def feed(self, body: bytes, more: bool) -> None:
         """Called for each body message the app sends."""
-        if (
-            self.idle
-            and more
-            and body.startswith(b"data: {")
-            and body.find(b"\n") == len(body) - 2  # the first line break is the next-to-last byte...
-            and body[-1] == 0x0A  # ...and the last one ends the event
-            and body.find(b"\r") < 0
-        ):
-            # Nearly every chunk of a chat or text-completion stream: one whole `data: {…}` event in one message,
-            # nothing pending in the parser. The same steps as below, without the general machinery around them.
+        if self.idle and more:
+            # Nearly every message of a stream: one whole event, nothing pending in the parser. Chat and text
+            # completions send `data: {…}`, Anthropic and the Responses API `event: name` then `data: {…}`. The
+            # same steps as below, without the general machinery around them.
+            name: bytes | None = None
+            start = 0
+            if body.startswith(b"data: {"):
+                if (
+                    body.find(b"\n") == len(body) - 2  # the first line break is the next-to-last byte...
+                    and body[-1] == 0x0A  # ...and the last one ends the event
+                    and body.find(b"\r") < 0
+                ):
+                    start = 6
+            elif body.startswith(b"event: "):
+                line = body.find(b"\n")
+                if (
+                    line > 7
+                    and body.startswith(b"data: {", line + 1)
+                    and body.find(b"\n", line + 1) == len(body) - 2
+                    and body[-1] == 0x0A
+                    and body.find(b"\r") < 0
+                ):
+                    name, start = body[7:line], line + 7
             try:
-                chunk = orjson.loads(body[6:-2])
+                chunk = orjson.loads(body[start:-2]) if start else None
             except orjson.JSONDecodeError:
                 chunk = None
             if type(chunk) is dict:
@@ -127,10 +140,19 @@ class StreamRewriter:
                                 error = self.call.wrong_type(self.per_chunk[0], result, "a dict or None")
                                 raise Halt(error, TypeError(error.message))
                             chunk = result
+                        if self.observes:  # as _apply_per_chunk does
+                            self.state.observe(chunk)
                     try:
-                        encoded = b"data: " + orjson.dumps(chunk) + b"\n\n"
+                        encoded = orjson.dumps(chunk)
                     except TypeError as exc:
                         raise self.call.unencodable(exc, self.per_chunk, "streaming") from None
+                    if name is None:
+                        encoded = b"data: " + encoded + b"\n\n"
+                    else:  # the event keeps its name, as the app sent it (SPEC 6)
+                        encoded = b"event: " + name + b"\ndata: " + encoded + b"\n\n"
+                        self.named = True
+                        if self.end_events and name.decode("utf-8", "replace") in self.end_events:
+                            self.saw_done = self.done_sent = True
                     marker = self.finish_marker
                     if marker is not None and encoded.find(marker) >= 0:  # see _encode
                         self.state.finished = True

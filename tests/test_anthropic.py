@@ -892,3 +892,25 @@ async def test_an_iterator_hook_refusing_after_message_stop_adds_nothing() -> No
     async with client(app) as c:
         response = await c.post("/v1/messages", json=request(stream=True))
     assert kinds(response.content) == [kind for kind, _ in parsed_events(b"".join(stream_events()))]
+
+
+@pytest.mark.parametrize("split", ["whole", "bytes_of_7", "crlf"])
+async def test_per_chunk_hook_output_is_the_same_however_the_app_splits_its_events(split: str) -> None:
+    # One event per message takes the rewriter's fast path; any other split takes the parser: same events out.
+    original = stream_events()
+    raw = b"".join(original)
+    if split == "whole":
+        pieces = [raw]
+    elif split == "bytes_of_7":
+        pieces = [raw[i : i + 7] for i in range(0, len(raw), 7)]
+    else:
+        pieces = [event.replace(b"\n", b"\r\n") for event in original]
+    hook = Seen()
+    app, _ = guarded(hook, app=Claude(pieces))
+    async with client(app) as c:
+        response = await c.post("/v1/messages", json=request(stream=True))
+    events = parsed_events(response.content)
+    assert [name for name, _ in events] == [name for name, _ in parsed_events(raw)]
+    deltas = [data["delta"]["text"] for name, data in events if name == "content_block_delta"]
+    assert deltas == ["HELLO", " THERE"]
+    assert len(hook.events) == len(original)
