@@ -12,7 +12,7 @@ Send = Callable[[Message], Awaitable[None]]
 # Any-typed parameters, so apps whose own scope types are narrower (Litestar's TypedDicts) are accepted too.
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
-#: The call types of SPEC section 2, in the order LiteLLM lists them.
+#: The call types of docs/reference.md#hooks, in the order LiteLLM lists them.
 CALL_TYPES = (
     "completion",
     "text_completion",

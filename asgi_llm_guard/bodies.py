@@ -1,4 +1,5 @@
-"""The guarded request body: read once and bounded, parsed, and replayed to the downstream app (SPEC 3).
+"""The guarded request body: read once and bounded, parsed, and replayed to the downstream app
+(docs/reference.md#request-body).
 
 The body must be a JSON object whatever the ``Content-Type`` says, because many OpenAI-compatible handlers parse
 it regardless; a body the guard could not parse must never reach such a handler unguarded. What orjson rejects

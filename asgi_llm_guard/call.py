@@ -72,8 +72,9 @@ class CallState:
         self.wire = wire
         self.call_type = wire.call_type
         self.data: dict[str, Any] = {}
-        self.requested = _NOT_STREAMED  # the form a refusal takes (SPEC 4), read before any hook ran
-        self.model = model  # the model the client asked for: what a refusal names (SPEC 8)
+        # the form a refusal takes (docs/reference.md#refusals), read before any hook ran
+        self.requested = _NOT_STREAMED
+        self.model = model  # the model the client asked for: what a refusal names (docs/reference.md#refusals)
         self.user = NO_USER
         self.args: dict[str, Any] = {}
         # No hook reads the response, whatever its status: the response pipeline forwards it as it comes.
@@ -129,7 +130,7 @@ class CallState:
 
     async def run_hook(self, hook: BoundHook, arguments: Mapping[str, Any], stage: str) -> Any:
         """Call one hook: what it returns, or :class:`Halt` with the outcome of its failure. A timed-out
-        ``fail_open`` hook counts as having returned ``None`` (SPEC 1)."""
+        ``fail_open`` hook counts as having returned ``None`` (docs/reference.md#timeouts)."""
         try:
             if hook.direct:
                 return await hook.invoke(arguments)

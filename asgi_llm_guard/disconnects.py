@@ -17,7 +17,7 @@ class Watched(Protocol):
 
 class DisconnectWatch:
     """Starts a disconnect watcher for each guarded request still running ``_WATCH_AFTER`` seconds after its
-    body was read (SPEC 6: a client that leaves cancels the app and any running hook).
+    body was read (docs/reference.md#disconnects: a client that leaves cancels the app and any running hook).
 
     Watching costs a task per request, and most guarded requests are over long before a client could leave,
     so requests only register here (a dict insert) and one timer per middleware, armed while any is pending,

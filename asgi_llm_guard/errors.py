@@ -1,4 +1,5 @@
-"""Exceptions hooks raise and receive, and the mapping of any exception to an OpenAI-shaped error (SPEC 5).
+"""Exceptions hooks raise and receive, and the mapping of any exception to an OpenAI-shaped error
+(docs/reference.md#errors).
 
 Any exception with an integer ``status_code`` is honoured, whichever framework defined it (Starlette, FastAPI,
 Litestar, or the user's own), so a LiteLLM handler that raises FastAPI's ``HTTPException`` works unchanged.
@@ -42,7 +43,7 @@ def error_type(status: int) -> str:
 
 
 class RejectRequest(Exception):
-    """Raise from any hook to refuse the request with ``message`` (SPEC 4).
+    """Raise from any hook to refuse the request with ``message`` (docs/reference.md#refusals).
 
     Chat, text-completion and Responses API requests get a normal 200 answer carrying the message, in the
     format (streamed or not) the client asked for; every other call type gets a 400 error with the message::
@@ -120,7 +121,7 @@ class GuardError(Exception):
         self.hook = hook
 
     def body(self) -> bytes:
-        """The JSON error envelope of SPEC 5."""
+        """The JSON error envelope of docs/reference.md#errors."""
         return orjson.dumps(
             {
                 "error": {
@@ -148,7 +149,7 @@ class Halt(Exception):
 
 
 def as_error(outcome: RejectRequest | GuardError) -> GuardError:
-    """A refusal as the 400 error it becomes where it cannot be an answer (SPEC 4)."""
+    """A refusal as the 400 error it becomes where it cannot be an answer (docs/reference.md#refusals)."""
     return GuardError(400, outcome.message) if isinstance(outcome, RejectRequest) else outcome
 
 
@@ -162,7 +163,7 @@ def status_of(exc: BaseException) -> int | None:
 
 
 def message_of(exc: BaseException) -> str:
-    """The client-facing message of an exception that carries a status (SPEC 5).
+    """The client-facing message of an exception that carries a status (docs/reference.md#errors).
 
     ``detail`` when it is a string; from a dict ``detail``: ``detail["error"]`` (a string),
     ``detail["error"]["message"]`` or ``detail["message"]``, else the dict as JSON. Without ``detail``,
@@ -259,8 +260,8 @@ def log_exception(what: str, exc: BaseException, *, expose: bool = False) -> Non
     message goes to a DEBUG record of its own, for the operator who turns DEBUG on for ``asgi_llm_guard``.
 
     A hook's or app's exception text often quotes the prompt or a key (``ValueError(f"bad prompt {data}")``), and
-    logs travel further than responses (SPEC 7); the frames are what a developer needs to find the bug, the
-    message what an operator needs to see why it failed (docs/observability.md#logs).
+    logs travel further than responses (docs/reference.md#privacy); the frames are what a developer needs to find the
+    bug, the message what an operator needs to see why it failed (docs/observability.md#logs).
     """
     frames = "".join(traceback.format_tb(exc.__traceback__))
     detail = f"{type(exc).__name__}: {exc}" if expose else f"{type(exc).__name__} (message withheld)"

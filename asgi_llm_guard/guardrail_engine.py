@@ -1,4 +1,4 @@
-"""How the middleware runs :class:`~asgi_llm_guard.guardrails.CustomGuardrail` objects (SPEC 10).
+"""How the middleware runs :class:`~asgi_llm_guard.guardrails.CustomGuardrail` objects (docs/reference.md#guardrails).
 
 Each guardrail becomes ordinary bound hooks at construction, in the position it has in ``hooks=``, so refusals,
 errors, timeouts, the moderation race and stream endings are those of every other hook:

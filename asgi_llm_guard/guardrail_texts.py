@@ -1,4 +1,4 @@
-"""The texts a guardrail sees in each wire format, and where each is written back (SPEC 10).
+"""The texts a guardrail sees in each wire format, and where each is written back (docs/reference.md#guardrails).
 
 A *slot* is ``(container, key)`` with ``container[key]`` a ``str``: reading slots gives ``inputs["texts"]``,
 writing the guardrail's texts into the same slots, in the same order, rewrites exactly those texts in place.
@@ -27,7 +27,7 @@ def _is_tool_argument(slot: TextSlot) -> bool:
 
 
 def request_slots(data: Mapping[str, Any], call_type: str) -> list[TextSlot]:
-    """Every user-visible text of a request (SPEC 10), tool-call arguments left out (they are in
+    """Every user-visible text of a request (docs/reference.md#guardrails), tool-call arguments left out (they are in
     ``tool_calls``)."""
     wire = FORMATS.get(call_type)
     if wire is None:

@@ -1,4 +1,5 @@
-"""``CustomGuardrail``: a guard written as one ``apply_guardrail`` method, run on every route (SPEC 10).
+"""``CustomGuardrail``: a guard written as one ``apply_guardrail`` method, run on every route
+(docs/reference.md#guardrails).
 
 The class has LiteLLM's name, constructor keywords and methods (``guardrail_name``, ``event_hook``,
 ``default_on``, ``should_run_guardrail``, ``apply_guardrail``), so a LiteLLM guardrail moves over by changing its

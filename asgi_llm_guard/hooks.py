@@ -1,4 +1,4 @@
-"""Hook discovery, binding and calling (SPEC 1 and 2).
+"""Hook discovery, binding and calling (docs/reference.md#construction, #hooks).
 
 A hook is any object with at least one of :data:`HOOK_METHODS`; it need not subclass :class:`CallHook`. Methods
 are called by parameter name, worked out once at construction, so the full LiteLLM signatures and the shorter ones
@@ -113,8 +113,9 @@ HOOK_ERRORS = (Exception, asyncio.CancelledError)
 
 def cancelling() -> bool:
     """Whether the running task has been asked to cancel (its client left, the server is shutting down), so that
-    a ``CancelledError`` is that cancellation on its way out, not a hook's failure (SPEC 5). Python 3.10 cannot
-    tell: there a hook's ``CancelledError`` is its failure unless the middleware itself cancelled the request."""
+    a ``CancelledError`` is that cancellation on its way out, not a hook's failure (docs/reference.md#broken-hooks).
+    Python 3.10 cannot tell: there a hook's ``CancelledError`` is its failure unless the middleware itself cancelled the
+    request."""
     if sys.version_info >= (3, 11):
         task = asyncio.current_task()
         return task is not None and task.cancelling() > 0

@@ -8,7 +8,7 @@ too (a mounted app's router may keep ``root_path``), which guards more than Star
 A guarded request goes: identity → body (read once, bounded) → ``enforce_user_param`` → pre-call hooks →
 moderation (before, or raced against the app) → the app, whose response flows back through
 :class:`~asgi_llm_guard.pipeline.ResponsePipeline`. Any failure on the way is reported once to the failure hooks
-and answered in the form the client can still receive (SPEC 4 and 5).
+and answered in the form the client can still receive (docs/reference.md#refusals, #errors).
 
 Differences from the LiteLLM proxy, on purpose: ``enforce_user_param`` answers 400 and rejects ``null`` (LiteLLM
 answers 401 and lets ``null`` through); moderation can run before the app (``moderation="before"``) so a blocked
@@ -157,8 +157,8 @@ class LLMHookMiddleware:
         match = None
         if root_path and path[len(root_path) : len(root_path) + 1] == "/" and path.startswith(root_path):
             # The route path: root_path removed on a segment boundary only, as Starlette's get_route_path does
-            # (SPEC 3). The whole path is matched too when that finds nothing, so a router that keeps root_path
-            # (or one that strips it anyway) cannot be reached around the guard either.
+            # (docs/reference.md#route-matching). The whole path is matched too when that finds nothing, so a router
+            # that keeps root_path (or one that strips it anyway) cannot be reached around the guard either.
             match = self.routes.match(path[len(root_path) :])
         if match is None:
             match = self.routes.match(path)
@@ -385,7 +385,7 @@ class GuardedCall(CallState):
             self._watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive, host))
 
     async def _watch_disconnect(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
-        """Cancel the request when the client leaves before its response ended (SPEC 6)."""
+        """Cancel the request when the client leaves before its response ended (docs/reference.md#disconnects)."""
         await receive.disconnected()
         if self._active and not self.pipeline.done:
             self.client_gone = True
@@ -474,7 +474,7 @@ class GuardedCall(CallState):
                 body, content_type = self.form.encode(data, self.guard.max_body_bytes)
             else:
                 if "guardrails" in data or "metadata" in data:
-                    strip_guardrail_fields(data)  # read by the guard, not the app (SPEC 10)
+                    strip_guardrail_fields(data)  # read by the guard, not the app (docs/reference.md#guardrails)
                 body, content_type = orjson.dumps(data), b"application/json"
         except TypeError as exc:
             raise self.unencodable(exc, self.hooks.pre_call, "pre_call") from None
@@ -484,7 +484,8 @@ class GuardedCall(CallState):
         return self._downstream_scope(body, content_type)
 
     async def _race(self, scope: Scope, receive: ReplayedReceive) -> None:
-        """Moderation and the app at once; the app's response is held until moderation passes (SPEC 6)."""
+        """Moderation and the app at once; the app's response is held until moderation passes
+        (docs/reference.md#moderation-race)."""
         pipeline = self.pipeline
         pipeline.hold()
         app_task = asyncio.ensure_future(self.guard.app(scope, receive, pipeline.send))

@@ -1,4 +1,5 @@
-"""``multipart/form-data`` bodies for hooks: parse the form, hand hooks its text fields, re-encode it (SPEC 3).
+"""``multipart/form-data`` bodies for hooks: parse the form, hand hooks its text fields, re-encode it
+(docs/reference.md#multipart).
 
 ``/audio/transcriptions`` and ``/audio/translations`` requests are forms, not JSON: the OpenAI SDK sends the
 audio as a file part and ``model``, ``prompt``, ``temperature``, ``timestamp_granularities[]``... as text parts.

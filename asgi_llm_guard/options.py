@@ -1,5 +1,5 @@
 """The middleware's options, checked at construction so a mistake fails at start-up, not at the first request
-(SPEC 1): each message says what to pass instead."""
+(docs/reference.md#construction): each message says what to pass instead."""
 
 from __future__ import annotations
 

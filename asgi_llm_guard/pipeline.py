@@ -23,10 +23,10 @@ that orjson refuses (``NaN``, ``-Infinity``, which Python's ``json`` writes) is 
 written back the same way.
 
 While moderation hooks run in parallel with the app, everything it sends is held, in order, and released only
-when they all pass (SPEC 6). Held, but bounded: once the bodies held reach :data:`HOLD_LIMIT` bytes (1 MiB), the
-app's ``send`` waits until moderation has passed and the held messages went out (backpressure, as a slow client
-applies it), so a fast app streaming tens of megabytes during a slow moderation costs 1 MiB of memory, not all
-of it; the client could not have received any of it sooner. Whatever the app or a hook does, the client sees a
+when they all pass (docs/reference.md#moderation-race). Held, but bounded: once the bodies held reach :data:`HOLD_LIMIT`
+bytes (1 MiB), the app's ``send`` waits until moderation has passed and the held messages went out (backpressure, as a
+slow client applies it), so a fast app streaming tens of megabytes during a slow moderation costs 1 MiB of memory, not
+all of it; the client could not have received any of it sooner. Whatever the app or a hook does, the client sees a
 legal ASGI message sequence: one start, bodies, one final ``more_body=False``.
 """
 
@@ -366,7 +366,7 @@ class ResponsePipeline:
         elif hooks.touches_response and 200 <= status < 300:
             streaming = hooks.streaming or hooks.streaming_iterator
             if streaming and self.call.requested.stream:
-                # The client reads the answer as an event stream whatever it is labelled (SPEC 6).
+                # The client reads the answer as an event stream whatever it is labelled (docs/reference.md#streaming).
                 if not _identity(message):
                     self._start = message
                     await self._unreadable("it is a compressed stream", "streaming", b"", True)
@@ -570,8 +570,9 @@ class ResponsePipeline:
     # -- failures ----------------------------------------------------------------------------------------
 
     async def refuse(self, message: str, hook: str, stage: str) -> None:
-        """Answer a refusal a hook returned (SPEC 4), before anything went to the client. Without failure hooks
-        or an observer to tell, no exception is made for it: a refusal is an answer, and often a frequent one."""
+        """Answer a refusal a hook returned (docs/reference.md#refusals), before anything went to the client. Without
+        failure hooks or an observer to tell, no exception is made for it: a refusal is an answer, and often a frequent
+        one."""
         call = self.call
         if call.hooks.failure or call.settings.observer is not None:
             refusal = RejectRequest(message)
@@ -587,8 +588,10 @@ class ResponsePipeline:
         """
         if self.call.hooks.failure:
             replacement = await self.call.report_failure(original)
-            if replacement is not None and not self.started:  # SPEC 2: only while the response has not started
-                # Still the answer to what that hook's stage did: the stage header stays (SPEC 8).
+            # docs/reference.md#failure-hooks: only while the response has not started
+            if replacement is not None and not self.started:
+                # Still the answer to what that hook's stage did: the stage header stays
+                # (docs/reference.md#rejected-header).
                 replacement.stage = replacement.stage or outcome.stage
                 outcome = replacement
         if self.done:
@@ -633,8 +636,8 @@ class ResponsePipeline:
             stream = self.stream
             if stream is not None and stream.saw_done and not self.done:
                 # The app raised after its own [DONE] (or its format's last event): the stream is whole, and over for
-                # the client after it. It ends as if the app had returned: no error event, no second [DONE] (SPEC 5
-                # is for streams cut off).
+                # the client after it. It ends as if the app had returned: no error event, no second [DONE]
+                # (docs/reference.md#stream-errors is for streams cut off).
                 log_exception("the downstream app (after its stream's end)", exc, expose=expose)
                 await self.call.report_failure(exc)
             else:

@@ -89,8 +89,8 @@ def treated_as_post(scope: Scope) -> bool:
     """A request that is not a plain ``POST`` but that the app may still handle as one is guarded as one: a POST
     spelt in another case, or a GET (say) that asks a method-override middleware downstream to treat it as a POST
     (otherwise ``X-HTTP-Method-Override: POST`` would walk around the guard). An override to any other method
-    passes through, as a request made with that method does (SPEC 3 guards POST only). Only requests on a
-    guarded path get here."""
+    passes through, as a request made with that method does (only POST is guarded: docs/reference.md#guarded-requests).
+    Only requests on a guarded path get here."""
     if says_post(scope["method"]):
         return True
     for name, value in scope["headers"]:

@@ -1,4 +1,5 @@
-"""Answers the middleware writes itself, refusals and errors (SPEC 4 and 5), as status, headers and body.
+"""Answers the middleware writes itself, refusals and errors (docs/reference.md#refusals, #errors), as status, headers
+and body.
 
 The request's wire format (``formats``) writes the bodies; this module adds the status and the headers: the
 content type, ``content-length``, ``x-llm-guard-rejected`` and an exception's own headers (``Retry-After``), kept
@@ -55,7 +56,8 @@ def answer(status: int, body: bytes, base: list[tuple[bytes, bytes]], extra: lis
 
 
 def error_answer(error: GuardError, wire: WireFormat, rejected_stage: str | None = None) -> Answer:
-    """The JSON error of SPEC 5 in the request's wire format, with the error's own headers (``Retry-After``)."""
+    """The JSON error of docs/reference.md#errors in the request's wire format, with the error's own headers
+    (``Retry-After``)."""
     extra = _encode_headers(error.headers) if error.headers else []
     if rejected_stage:
         extra.append((b"x-llm-guard-rejected", rejected_stage.encode()))
@@ -68,8 +70,8 @@ _NO_BODY = frozenset({204, 304})
 
 
 def refusal_answer(message: str, wire: WireFormat, requested: RequestedFormat, model: str, stage: str) -> Answer:
-    """``message`` as the answer the client's request asked for (SPEC 4); a 400 error where a refusal cannot be
-    an answer (embeddings, images, ...)."""
+    """``message`` as the answer the client's request asked for (docs/reference.md#refusals); a 400 error where a
+    refusal cannot be an answer (embeddings, images, ...)."""
     if not wire.refusal_is_answer:
         return error_answer(GuardError(400, message), wire, stage)
     rejected = [(b"x-llm-guard-rejected", stage.encode())]

@@ -1,4 +1,4 @@
-"""Which paths are guarded, and as which call type (SPEC 3).
+"""Which paths are guarded, and as which call type (docs/reference.md#guarded-requests).
 
 A route path is normalised before matching: lower case, empty and ``.`` segments dropped, ``..`` resolved. It then
 matches a pattern when its *last* segments do, so ``/v1/chat/completions``, ``/chat/completions``,
@@ -11,7 +11,7 @@ router we sit in front of: a router that is case-insensitive, ignores trailing s
 under a prefix still cannot be reached around the guard. The price is that an unrelated POST route whose path ends
 in, say, ``/embeddings`` is guarded too; ``routes={"/admin/cache/embeddings": None}`` exempts it. Matching is
 case-insensitive, but the values of ``{name}`` segments keep the path's spelling: a refusal names the deployment
-``GPT-4o-Prod`` as the client asked for it (SPEC 8).
+``GPT-4o-Prod`` as the client asked for it (docs/reference.md#route-matching).
 
 A ``None`` in ``routes`` removes that pattern (a default, or any path) and wins over the shorter guarded patterns
 *it ends with*, for the paths it matches: ``routes={"/openai/deployments/{deployment}/embeddings": None}`` lets
@@ -147,8 +147,8 @@ def _resolved(segments: list[str]) -> list[str]:
 
 def _readings(path: str) -> list[list[str]]:
     """The segments of ``path`` as routers may read it, spelt as in ``path`` (matching folds their case; values of
-    ``{name}`` segments keep the client's spelling, SPEC 8): when it has dot segments, literally (``.`` and ``..``
-    kept) and then with them resolved; otherwise the one reading."""
+    ``{name}`` segments keep the client's spelling, docs/reference.md#route-matching): when it has dot segments,
+    literally (``.`` and ``..`` kept) and then with them resolved; otherwise the one reading."""
     literal = [segment for segment in path.split("/") if segment]
     if "." not in literal and ".." not in literal:
         return [literal]

@@ -1,4 +1,4 @@
-"""Streamed responses through the streaming hooks (SPEC 2, 4, 5 and 6).
+"""Streamed responses through the streaming hooks (docs/reference.md#hooks, #refusals, #errors, #streaming).
 
 Only used when a streaming hook exists; otherwise SSE bytes pass through untouched. Each ``data:`` event holding
 a JSON object is handed to the hooks as a dict; every other event (comments, ``[DONE]``, non-JSON data) goes out
@@ -6,12 +6,12 @@ byte for byte. Iterator hooks are chained in hook order and run in one consumer 
 queue, so a slow hook slows the app down instead of buffering the stream; per-chunk hooks run on what the chain
 yields. All events of one app message go out as one client message.
 
-Ending a stream early follows SPEC 4/5: a refusal becomes a content chunk with the message, one finish chunk and
-``[DONE]`` (for the Responses API, a text delta and the closing events through ``response.completed``); an error
-becomes ``data: {"error": …}`` and ``[DONE]`` (for the Responses API, inside its ``error`` event). The finish chunk
-is left out when the app's own already went out, so that exactly one chunk carries ``finish_reason`` (SPEC 8).
-LiteLLM drops the refusal text of text-completion streams and can leave a stream without its end; here every path
-ends with ``more_body=False``.
+Ending a stream early follows docs/reference.md#refusals, #errors: a refusal becomes a content chunk with the message,
+one finish chunk and ``[DONE]`` (for the Responses API, a text delta and the closing events through
+``response.completed``); an error becomes ``data: {"error": …}`` and ``[DONE]`` (for the Responses API, inside its
+``error`` event). The finish chunk is left out when the app's own already went out, so that exactly one chunk carries
+``finish_reason`` (docs/reference.md#stream-refusals). LiteLLM drops the refusal text of text-completion streams and can
+leave a stream without its end; here every path ends with ``more_body=False``.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ class StreamRewriter:
                 encoded = encode_json(chunk, event=name if isinstance(name, str) else None)
             elif event.event is None and event.id is None and event.retry is None:  # a plain `data:` event
                 encoded = b"data: " + orjson.dumps(chunk) + b"\n\n"  # orjson never writes a line break
-            else:  # the event's other fields stay as the app sent them (SPEC 6)
+            else:  # the event's other fields stay as the app sent them (docs/reference.md#sse-parsing)
                 encoded = encode_event(orjson.dumps(chunk), event=event.event, id=event.id, retry=event.retry)
         except TypeError as exc:
             raise self.call.unencodable(exc, self.per_chunk or self.iterators, "streaming") from None
@@ -376,7 +376,8 @@ class StreamRewriter:
         await pipeline.client_send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def end_with(self, outcome: RejectRequest | GuardError) -> None:
-        """End a stream that has started with a refusal or an error, in the stream's own format (SPEC 4 and 5)."""
+        """End a stream that has started with a refusal or an error, in the stream's own format
+        (docs/reference.md#refusals, #stream-errors)."""
         if self.done_sent:
             # After [DONE] the stream is over for the client: no error event, no second [DONE], only the end.
             await self.pipeline.emit({"type": "http.response.body", "body": b"", "more_body": False})

@@ -26,8 +26,8 @@ __all__ = ["get_formatted_prompt", "request_texts", "rewrite_request_texts"]
 def request_texts(data: Mapping[str, Any], call_type: str) -> list[str]:
     """Every user-visible text of a request, in request order (empty strings are left out).
 
-    ``call_type`` is one of SPEC 2's call types; for an unknown one, every field an OpenAI call type reads is
-    read (``messages``, ``instructions``, ``prompt``, ``input``)::
+    ``call_type`` is one of the call types of docs/reference.md#hooks; for an unknown one, every field an OpenAI call
+    type reads is read (``messages``, ``instructions``, ``prompt``, ``input``)::
 
         >>> request_texts({"messages": [{"role": "user", "content": "Hi"}]}, "completion")
         ['Hi']

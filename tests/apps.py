@@ -71,7 +71,7 @@ def sse(chunks: Iterable[dict[str, Any]], done: bool = True) -> list[bytes]:
     return out
 
 
-#: The named events of a streamed Responses API refusal, in order (SPEC 4).
+#: The named events of a streamed Responses API refusal, in order (docs/reference.md#refusals).
 RESPONSES_REFUSAL_EVENTS = [
     "response.created",
     "response.output_item.added",

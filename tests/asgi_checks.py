@@ -50,7 +50,8 @@ def response_headers(sent: list[dict[str, Any]]) -> dict[bytes, bytes]:
 
 
 def assert_openai_error(body: bytes, status: int) -> dict[str, Any]:
-    """``body`` is the middleware's error envelope for ``status`` (SPEC 5); returns its ``error`` object."""
+    """``body`` is the middleware's error envelope for ``status`` (docs/reference.md#errors); returns its ``error``
+    object."""
     parsed = orjson.loads(body)
     assert set(parsed) == {"error"}, parsed
     error = parsed["error"]

@@ -1,4 +1,5 @@
-"""Audio uploads: multipart forms on /audio/transcriptions and /audio/translations (SPEC 3)."""
+"""Audio uploads: multipart forms on /audio/transcriptions and /audio/translations
+(docs/reference.md#guarded-requests)."""
 
 from __future__ import annotations
 

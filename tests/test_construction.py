@@ -1,4 +1,5 @@
-"""Options are checked when the middleware is built, with messages that say what to pass instead (SPEC 1, 8)."""
+"""Options are checked when the middleware is built, with messages that say what to pass instead
+(docs/reference.md#construction)."""
 
 from __future__ import annotations
 

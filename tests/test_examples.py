@@ -262,7 +262,7 @@ async def test_embeddings_in_base64_as_the_openai_sdk_asks(client: httpx.AsyncCl
 async def test_embeddings_of_hello_world_are_a_400_refusal(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/embeddings", json={"model": "e", "user": "u", "input": "Hello world"})
 
-    assert response.status_code == 400  # refusals of non-chat call types are errors (SPEC 4)
+    assert response.status_code == 400  # refusals of non-chat call types are errors (docs/reference.md#refusals)
     assert response.json()["error"]["message"] == "This is an invalid response"
 
 

@@ -1,5 +1,5 @@
-"""A post_call guardrail on streams (SPEC 10): hold-back windows, masks split across chunks, blocks mid-stream,
-call frequency, in each stream format (chat, text completions, Responses, Anthropic)."""
+"""A post_call guardrail on streams (docs/reference.md#guardrails): hold-back windows, masks split across chunks, blocks
+mid-stream, call frequency, in each stream format (chat, text completions, Responses, Anthropic)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""CustomGuardrail (SPEC 10): construction, selection, stages, write-back, reporting, faults (in process)."""
+"""CustomGuardrail (docs/reference.md#guardrails): construction, selection, stages, write-back, reporting, faults (in
+process)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Hook discovery, binding by parameter name, ordering, return values and failures (SPEC 1, 2, 5)."""
+"""Hook discovery, binding by parameter name, ordering, return values and failures (docs/reference.md#construction,
+#hooks, #errors)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Moderation hooks raced against the app, with the app's response held until they pass (SPEC 6).
+"""Moderation hooks raced against the app, with the app's response held until they pass
+(docs/reference.md#moderation-race).
 
 ASGITransport buffers responses, so ordering and hold/release are asserted on the exact ASGI message list.
 """

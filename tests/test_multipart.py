@@ -1,4 +1,5 @@
-"""SPEC 3: multipart/form-data audio requests parsed for hooks and re-encoded for the downstream app."""
+"""docs/reference.md#multipart: multipart/form-data audio requests parsed for hooks and re-encoded for the downstream
+app."""
 
 from __future__ import annotations
 

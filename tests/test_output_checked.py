@@ -193,7 +193,7 @@ async def test_a_gzip_json_answer_labelled_text_plain_is_decoded_for_the_hook() 
 
 
 async def test_success_hooks_alone_leave_a_requested_stream_alone() -> None:
-    """Success hooks read no streams (SPEC 2): a requested stream passes as today, bytes unchanged."""
+    """Success hooks read no streams (docs/reference.md#hooks): a requested stream passes as today, bytes unchanged."""
     hook = SuccessOnly()
     script = await drive(LLMHookMiddleware(app_answering(STREAM_EVENTS, [PLAIN]), hooks=[hook]), chat(stream=True))
     assert script.body == STREAM and hook.seen == []
@@ -303,7 +303,8 @@ async def test_a_compressed_stream_the_streaming_hooks_cannot_read_is_a_502() ->
 
 
 async def test_a_non_stream_json_answer_with_only_streaming_hooks_passes() -> None:
-    """Streaming hooks read streams; a JSON answer to a request that asked for none is not theirs (SPEC 2)."""
+    """Streaming hooks read streams; a JSON answer to a request that asked for none is not theirs
+    (docs/reference.md#hooks)."""
     hook = ChunksOnly()
     raw = orjson.dumps(ANSWER)
     script = await drive(LLMHookMiddleware(app_answering(raw, [PLAIN]), hooks=[hook]), chat())
@@ -349,7 +350,8 @@ async def test_an_answer_a_post_call_guardrail_cannot_read_is_a_502() -> None:
 
 
 async def test_an_answer_a_logging_only_guardrail_cannot_read_passes_and_is_recorded_not_run() -> None:
-    """A monitor never blocks (SPEC 10): what it cannot read goes on, and its decision says it did not run."""
+    """A monitor never blocks (docs/reference.md#guardrails): what it cannot read goes on, and its decision says it did
+    not run."""
     decisions = Decisions()
     monitor = Masks(guardrail_name="monitor", event_hook="logging_only", default_on=True)
     app = LLMHookMiddleware(app_answering(SECRET.encode(), [PLAIN]), hooks=[monitor], observer=decisions)
@@ -420,7 +422,8 @@ TRANSCRIPT_EVENTS = [b'data: {"type":"transcript.text.delta","delta":"the secret
 
 
 async def test_a_streamed_transcription_asked_for_in_the_form_passes_the_success_hook() -> None:
-    """`stream=true` as a form field asks for a stream: success hooks read no streams (SPEC 2), no 502."""
+    """`stream=true` as a form field asks for a stream: success hooks read no streams (docs/reference.md#hooks), no
+    502."""
     app = LLMHookMiddleware(app_answering([*TRANSCRIPT_EVENTS, b""], [(b"content-type", b"text/event-stream")]),
                             hooks=[SuccessOnly()])
     script = await drive(app, {}, path="/v1/audio/transcriptions", headers=AUDIO_HEADERS, raw=STREAMED_AUDIO_FORM)
@@ -442,7 +445,8 @@ async def test_a_streamed_transcription_reaches_the_streaming_hook() -> None:
 
 
 async def test_the_502_is_in_the_routes_own_format() -> None:
-    """On Anthropic's Messages route the error is Anthropic's envelope (SPEC 9), with the stage header."""
+    """On Anthropic's Messages route the error is Anthropic's envelope (docs/reference.md#anthropic-messages), with the
+    stage header."""
     request = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     app = LLMHookMiddleware(app_answering(SECRET.encode(), [PLAIN]), hooks=[SuccessOnly()])
     script = await drive(app, request, path="/v1/messages")

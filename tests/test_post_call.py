@@ -1,4 +1,5 @@
-"""Post-call success hooks on JSON responses, failure hooks, and the downstream app's own errors (SPEC 2, 5)."""
+"""Post-call success hooks on JSON responses, failure hooks, and the downstream app's own errors
+(docs/reference.md#hooks, #errors)."""
 
 from __future__ import annotations
 

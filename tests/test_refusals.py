@@ -1,4 +1,4 @@
-"""Refusal formats, exactly as SPEC 4 describes them, for every call type, streamed and not."""
+"""Refusal formats, exactly as docs/reference.md#refusals describes them, for every call type, streamed and not."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The guarded request: body limits and parsing, what the app receives, identity and enforce_user_param (SPEC 3)."""
+"""The guarded request: body limits and parsing, what the app receives, identity and enforce_user_param
+(docs/reference.md#request-body)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Which requests are guarded: path spellings, mounts, methods, and what passes through untouched (SPEC 3)."""
+"""Which requests are guarded: path spellings, mounts, methods, and what passes through untouched
+(docs/reference.md#guarded-requests)."""
 
 from __future__ import annotations
 

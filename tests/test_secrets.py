@@ -1,5 +1,6 @@
-"""Secrets and injection (SPEC 5, 7): no raw API key or request body in any record the package logs, at any level and
-on any failing path; refusal and error messages cannot inject SSE frames; exception headers cannot inject headers.
+"""Secrets and injection (docs/reference.md#errors, #privacy): no raw API key or request body in any record the package
+logs, at any level and on any failing path; refusal and error messages cannot inject SSE frames; exception headers
+cannot inject headers.
 """
 
 from __future__ import annotations

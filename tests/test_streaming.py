@@ -1,5 +1,5 @@
 """Streamed responses: pass-through, per-chunk and iterator hooks, mid-stream errors and refusals, disconnects
-(SPEC 2, 4, 5, 6). Asserted on exact ASGI message lists."""
+(docs/reference.md#hooks, #refusals, #errors, #streaming). Asserted on exact ASGI message lists."""
 
 from __future__ import annotations
 
@@ -270,7 +270,8 @@ class Tagged:
     ids=["returns None", "returns a dict"],
 )
 async def test_a_rewritten_event_keeps_its_retry_field(hook: Any, contents: list[str]) -> None:
-    """Regression: re-encoding a JSON event dropped its `retry:` line (SPEC 6 lists it among the fields kept)."""
+    """Regression: re-encoding a JSON event dropped its `retry:` line (docs/reference.md#sse-parsing lists it among the
+    fields kept)."""
     events = [b"retry: 1500\n" + CHAT_EVENTS[0], b"id: 7\r\nretry: 300\r\n" + CHAT_EVENTS[1].replace(b"\n", b"\r\n")]
     script = await drive(LLMHookMiddleware(stream_app([*events, CHAT_EVENTS[2]]), hooks=[hook]))
     parsed = SSEParser().feed(script.body)
@@ -380,7 +381,8 @@ def finish_reasons(chunks: list[Any]) -> list[str]:
 
 @pytest.mark.parametrize("split", ["one event per message", "split events"])
 async def test_refusal_after_the_finish_chunk_adds_no_second_one(split: str) -> None:
-    """Regression: a refusal on the usage chunk sent a second finish chunk (SPEC 8: exactly one)."""
+    """Regression: a refusal on the usage chunk sent a second finish chunk (docs/reference.md#stream-refusals: exactly
+    one)."""
     events = [*CHAT_EVENTS[:-1], *sse([USAGE_CHUNK])]
     if split == "split events":  # the general path instead of the per-chunk fast path
         raw = b"".join(events)
@@ -663,7 +665,7 @@ class FailAt:
 
 async def test_responses_stream_error_midway_is_its_error_event_with_the_envelope_and_done() -> None:
     """Regression: the Responses API's error event alone, without `"error"` or `[DONE]`: the openai SDK took it
-    for one more event of the stream instead of raising (SPEC 5)."""
+    for one more event of the stream instead of raising (docs/reference.md#stream-errors)."""
     hook = FailAt(3, fastapi.HTTPException(429, "slow down"))
     app = LLMHookMiddleware(stream_app(responses_stream()), hooks=[hook])
     script = await drive(app, {"model": "gpt-4o", "input": "x", "stream": True}, "/v1/responses")

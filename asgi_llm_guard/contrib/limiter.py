@@ -23,7 +23,8 @@ between ``slot_ttl`` and ``2 * slot_ttl`` seconds after it was taken; keep ``slo
 
 The per-minute windows are fixed (wall-clock minutes), like LiteLLM's. Requests with no identity for ``per`` (no
 API key for ``per="key"``, no ``user`` for ``per="end_user"``, ...) are not limited. The ``auth``
-callable must hand out a fresh ``UserAPIKeyAuth`` per request (its ``metadata`` is request-scoped, SPEC 2).
+callable must hand out a fresh ``UserAPIKeyAuth`` per request (its ``metadata`` is request-scoped,
+docs/reference.md#identity).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class ParallelRequestLimiter:
         self.count_tokens = self.tpm_limit is not None if count_tokens is None else count_tokens
         if self.count_tokens:
             # Bound only when tokens are counted: the middleware binds the hook methods it finds (getattr), and a
-            # streaming hook makes it parse every SSE stream (SPEC 6).
+            # streaming hook makes it parse every SSE stream (docs/reference.md#sse-parsing).
             self.async_post_call_success_hook = self._count_response_tokens
             self.async_post_call_streaming_hook = self._count_chunk_tokens
 

@@ -7,7 +7,7 @@ Its ``timeout`` is both the hook timeout the middleware applies and a deadline o
 whole HTTP exchange (httpx's own timeouts are per connect/read/write, so a trickling answer could outlast
 them); ``fail_open`` decides what an unreachable, failing or slow endpoint means, in the hook and in the
 middleware alike: ``False`` (default) refuses the request with a 503, ``True`` lets it through and logs a
-warning. The prompt itself is never logged (SPEC 7).
+warning. The prompt itself is never logged (docs/reference.md#privacy).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class _EndpointFailed(Exception):
 class ModerationEndpointHook(CustomGuardrail):
     """Refuse requests that an OpenAI-compatible moderation endpoint flags.
 
-    The request's texts (all of them, SPEC 2) are sent joined as one ``input``. A result counts as flagged
-    when one of the ``categories`` considered (default: every category in the answer) is flagged: by its score
+    The request's texts (all of them, docs/reference.md#hooks) are sent joined as one ``input``. A result counts as
+    flagged when one of the ``categories`` considered (default: every category in the answer) is flagged: by its score
     reaching ``thresholds[category]`` when a threshold is set for it, else by the endpoint's own boolean. The
     refusal ``message`` never quotes the prompt; a ``{categories}`` placeholder in it is replaced by the
     flagged category names. ``api_key`` defaults to ``$OPENAI_API_KEY``; pass ``""`` to send none::

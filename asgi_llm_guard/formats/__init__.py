@@ -1,7 +1,7 @@
 """Wire formats: one module per API the guard speaks, behind the interface of :mod:`.base`.
 
-``FORMATS`` maps each call type (SPEC 2) to its format. To add one (say Gemini's ``generateContent``): a module
-here with a :class:`~.base.WireFormat` subclass, an entry below, and its path in ``routes.DEFAULT_ROUTES``.
+``FORMATS`` maps each call type (docs/reference.md#hooks) to its format. To add one (say Gemini's ``generateContent``):
+a module here with a :class:`~.base.WireFormat` subclass, an entry below, and its path in ``routes.DEFAULT_ROUTES``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = [
     "ALL_CHANNELS", "FORMATS", "RequestedFormat", "StreamState", "StreamText", "TextSlot", "WireFormat", "new_id",
 ]
 
-#: The wire format of each call type, in the order of SPEC 2.
+#: The wire format of each call type, in the order of docs/reference.md#hooks.
 FORMATS: dict[str, WireFormat] = {
     "completion": OpenAIChat("completion"),
     "text_completion": OpenAITextCompletions("text_completion"),

@@ -52,7 +52,7 @@ class TextSlot(NamedTuple):
 
 
 class RequestedFormat(NamedTuple):
-    """What the client asked for, read before any hook ran: the form a refusal takes (SPEC 4)."""
+    """What the client asked for, read before any hook ran: the form a refusal takes (docs/reference.md#refusals)."""
 
     stream: bool = False
     include_usage: bool = False  # OpenAI's stream_options.include_usage: a refused stream ends with a usage chunk
@@ -75,7 +75,7 @@ class StreamState:
 
     def __init__(self, wire: WireFormat, model: str) -> None:
         self.wire = wire
-        self.model = model  # the model the client asked for: what a refusal names (SPEC 8)
+        self.model = model  # the model the client asked for: what a refusal names (docs/reference.md#refusals)
         self.finished = False  # the stream's finish went out
 
     def observe(self, event: dict[str, Any]) -> None:
@@ -87,7 +87,7 @@ class StreamState:
         return self.closing_error(GuardError(400, message))
 
     def closing_error(self, error: GuardError) -> bytes:
-        """The events that end this stream with ``error`` (SPEC 5)."""
+        """The events that end this stream with ``error`` (docs/reference.md#stream-errors)."""
         return self.wire.error_events(error)
 
 
@@ -229,7 +229,7 @@ class WireFormat:
         raise NotImplementedError
 
     def error_body(self, error: GuardError) -> bytes:
-        """The JSON error of SPEC 5: ``{"error": {"message", "type", "param", "code"}}``."""
+        """The JSON error of docs/reference.md#errors: ``{"error": {"message", "type", "param", "code"}}``."""
         return error.body()
 
     def error_events(self, error: GuardError) -> bytes:

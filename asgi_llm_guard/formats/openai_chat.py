@@ -1,8 +1,8 @@
 """OpenAI Chat Completions (``/chat/completions``, call type ``completion``).
 
 A refusal is a normal ``chat.completion`` (or stream of ``chat.completion.chunk``) carrying the message, so the
-official SDKs parse it as any answer (SPEC 4). Unlike LiteLLM, ``model`` is the model the client asked for
-(LiteLLM answers ``"model": null``, which strict clients reject) and ``usage`` is all zeros (not ``{}``).
+official SDKs parse it as any answer (docs/reference.md#refusals). Unlike LiteLLM, ``model`` is the model the client
+asked for (LiteLLM answers ``"model": null``, which strict clients reject) and ``usage`` is all zeros (not ``{}``).
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class ChatStreamState(StreamState):
         created: int = first["created"] if isinstance(first.get("created"), int) else 0
         stream_id: str = first["id"] if isinstance(first.get("id"), str) else new_id("chatcmpl-")
         events = [encode_json(chat_chunk(stream_id, created, self.model, {"content": message}, None))]
-        # Exactly one chunk of a refused stream carries `finish_reason` (SPEC 8): none more if the app's went out
-        # (a hook refusing on the usage chunk, or an iterator hook at the end of the stream).
+        # Exactly one chunk of a refused stream carries `finish_reason` (docs/reference.md#stream-refusals): none more
+        # if the app's went out (a hook refusing on the usage chunk, or an iterator hook at the end of the stream).
         if not self.finished:
             events.append(encode_json(chat_chunk(stream_id, created, self.model, {}, "stop")))
         events.append(DONE)

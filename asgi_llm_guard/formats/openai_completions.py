@@ -1,7 +1,7 @@
 """OpenAI (legacy) text completions (``/completions``, call type ``text_completion``).
 
 A refusal is a normal ``text_completion`` object (or stream of them) carrying the message in ``choices[0].text``;
-LiteLLM drops the text of a refused text-completion stream, we keep it (SPEC 8).
+LiteLLM drops the text of a refused text-completion stream, we keep it (docs/reference.md#stream-refusals).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class TextStreamState(ChatStreamState):
         first = first or {}
         created: int = first["created"] if isinstance(first.get("created"), int) else 0
         stream_id: str = first["id"] if isinstance(first.get("id"), str) else new_id("cmpl-")
-        # The message in choices[0].text (SPEC 8), then the one finish chunk unless the app's went out.
+        # The message in choices[0].text (docs/reference.md#stream-refusals), then the one finish chunk unless the app's
+        # went out.
         pieces = ((message, None), ("", "stop"))[: 1 if self.finished else 2]
         events = [encode_json(_chunk(text, self.model, stream_id, created, finish)) for text, finish in pieces]
         return b"".join(events) + DONE

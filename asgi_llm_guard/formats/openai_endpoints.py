@@ -1,6 +1,6 @@
 """The OpenAI endpoints whose answer is not text for a person to read: embeddings, image generation, moderations
 and audio transcriptions/translations. A refusal cannot be dressed as one of their answers (a vector, an image, a
-transcript), so it is a 400 error carrying the message (SPEC 4), in the OpenAI error envelope.
+transcript), so it is a 400 error carrying the message (docs/reference.md#refusals), in the OpenAI error envelope.
 """
 
 from __future__ import annotations

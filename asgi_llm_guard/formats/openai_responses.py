@@ -2,9 +2,9 @@
 
 A refusal is a ``response`` object whose output is one assistant message with one ``output_text`` part; streamed,
 the API's named events from ``response.created`` through ``response.completed``, each with its
-``sequence_number`` (SPEC 4). A stream refused midway continues the sequence and the output items the client has
-seen, so the ``openai`` SDK's ``responses.stream()`` accepts it (it raises on a duplicate ``output_index`` and on
-an item it saw added and never finished).
+``sequence_number`` (docs/reference.md#refusals). A stream refused midway continues the sequence and the output items
+the client has seen, so the ``openai`` SDK's ``responses.stream()`` accepts it (it raises on a duplicate
+``output_index`` and on an item it saw added and never finished).
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ async def test_responses_stream_error_midway_raises_api_error() -> None:
         async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="sk-test", max_retries=0) as client:
             stream = await client.responses.create(model="gpt-4o", input="hi", stream=True)
             events = []
-            with pytest.raises(openai.APIError) as raised:  # SPEC 5
+            with pytest.raises(openai.APIError) as raised:  # docs/reference.md#stream-errors
                 async for event in stream:
                     events.append(event.type)
     assert raised.value.message == "streaming hook Breaks failed"

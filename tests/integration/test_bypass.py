@@ -1,5 +1,5 @@
-"""The bypass matrix (SPEC 3): can a request reach a guarded handler without its hooks, or with a body the hooks
-did not see?
+"""The bypass matrix (docs/reference.md#guarded-requests): can a request reach a guarded handler without its hooks, or
+with a body the hooks did not see?
 
 Every case goes over a raw socket (so lying ``Content-Length``s, raw path bytes, chunked bodies and invalid UTF-8
 reach the server as written) to a real server (uvicorn and hypercorn) in front of a FastAPI and a Starlette app.
@@ -431,7 +431,8 @@ CASES: list[Case] = [
         for header in OVERRIDE_HEADERS
         for value in ("POST", "post")
     ],
-    # SPEC 3 guards POST only: an override to another method passes through exactly as that method does
+    # only POST is guarded (docs/reference.md#guarded-requests): an override to another method passes through exactly as
+    # that method does
     *[
         Case(f"GET + {header}: {value} (passes through like a plain {value})",
              request_bytes("/v1/chat/completions", CHAT, method="GET",
@@ -698,8 +699,8 @@ async def test_method_override_is_guarded_and_the_app_gets_the_hooked_body(heade
 @pytest.mark.parametrize("header", OVERRIDE_HEADERS)
 @pytest.mark.parametrize("value", ["PUT", "patch"])
 async def test_method_override_to_another_write_passes_through_like_that_method(header: str, value: str) -> None:
-    # Regression: an override to PUT or PATCH was guarded while a real PUT or PATCH passes through (SPEC 3 guards
-    # POST only); both now reach the app untouched.
+    # Regression: an override to PUT or PATCH was guarded while a real PUT or PATCH passes through (only POST is
+    # guarded, docs/reference.md#guarded-requests); both now reach the app untouched.
     hook = Mark()
     calls: list[tuple[Any, Any, Any]] = []
 

@@ -1,4 +1,4 @@
-"""SPEC 4 and 5 through a real uvicorn server, spoken to by the official ``openai`` SDK.
+"""docs/reference.md#refusals, #errors through a real uvicorn server, spoken to by the official ``openai`` SDK.
 
 Refusals must parse as normal completions and streams (chat, text completion, Responses API), other call types
 get a 400 the SDK raises as ``BadRequestError``, and the middleware's errors map to the SDK's typed exceptions.

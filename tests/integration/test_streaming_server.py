@@ -1,4 +1,4 @@
-"""SPEC 6 (streaming hooks, the moderation race, disconnects) through a real uvicorn server.
+"""docs/reference.md#streaming (streaming hooks, the moderation race, disconnects) through a real uvicorn server.
 
 Clients are the official ``openai`` SDK and raw ``httpx`` streaming, so what is checked is what goes over the wire:
 rewritten chunks, clean stream endings after a hook failed, first-chunk latency (nothing buffers a stream) and the
