@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
@@ -32,6 +33,15 @@ from .sse import BOM, DONE, SSEEvent, SSEParser, encode_event, encode_json
 
 _END = None
 _QUEUE_SIZE = 8
+#: Seconds the end of a request waits for a cancelled iterator-hook consumer to stop.
+_CONSUMER_STOP_GRACE = 5.0
+
+logger = logging.getLogger("asgi_llm_guard")
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class StreamOutput(Protocol):
@@ -394,5 +404,15 @@ class StreamRewriter:
         if consumer is not None and not consumer.done() and consumer is not asyncio.current_task():
             async with self._emitting:  # never cancel it halfway through a send: the client would miss a message
                 consumer.cancel()
-            with contextlib.suppress(BaseException):
-                await consumer
+            # Bounded: an iterator hook that swallows its cancellation must not hold the request for as long as it
+            # runs on (the client has left, or the stream has ended).
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((consumer,), timeout=_CONSUMER_STOP_GRACE)
+            if not consumer.done():
+                logger.error(
+                    "a streaming iterator hook ignored its cancellation for %gs; it was cancelled again and is left "
+                    "to end on its own",
+                    _CONSUMER_STOP_GRACE,
+                )
+                consumer.cancel()
+            consumer.add_done_callback(_retrieve)

@@ -22,7 +22,7 @@ import pytest
 from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from asgi_llm_guard import CustomGuardrail, LLMHookMiddleware, UserAPIKeyAuth, middleware
+from asgi_llm_guard import CustomGuardrail, LLMHookMiddleware, UserAPIKeyAuth, middleware, streaming
 from asgi_llm_guard.observe import Observer
 
 from .apps import Script, body_messages, chat, chat_chunk, http_scope, sse
@@ -719,3 +719,63 @@ async def test_a_guardrail_whose_provider_refuses_the_services_key_is_a_502_reco
     message = error_of(script, 502)["message"]
     assert message == "pre_call hook CallsOpenAI(calls-openai) failed: upstream dependency error"
     assert recorder.decisions == [("calls-openai", "pre_call", "error")]  # not a "block" of the client's request
+
+
+# -- an iterator hook that swallows its cancellation does not hold the request -------------------------------------
+
+
+class StubbornIterator:
+    """Yields the first chunk, then waits; swallows the first cancellation and goes on for ``linger`` seconds."""
+
+    def __init__(self, linger: float) -> None:
+        self.linger = linger
+        self.waiting = asyncio.Event()
+        self.state = "not called"
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: AsyncIterator[dict], request_data: dict
+    ) -> AsyncIterator[dict]:
+        async for chunk in response:
+            yield chunk
+            self.waiting.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.state = "swallowed"
+            try:
+                await asyncio.sleep(self.linger)
+            except asyncio.CancelledError:
+                self.state = "cancelled again"
+                raise
+            self.state = "finished late"
+            return
+
+
+ENDLESS_SSE = [("send", START_SSE)] + [step for _ in range(400) for step in
+                                       (("send", body(sse([chat_chunk("m", "x")])[0], True)), ("sleep", 0.01))]
+
+
+async def test_an_iterator_hook_slow_to_stop_is_awaited_within_the_grace() -> None:
+    hook = StubbornIterator(linger=0.3)
+    app, failures = guard(App(ENDLESS_SSE), hook)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    script = await drive(app, chat(stream=True), disconnect_on=hook.waiting, timeout=3)
+    assert_legal(script.sent, complete=False)
+    assert hook.state == "finished late" and loop.time() - began < 2
+    assert [getattr(e, "status_code", None) for e in failures.exceptions] == [499]
+
+
+async def test_an_iterator_hook_running_on_past_the_grace_is_cancelled_again_and_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: the request's end awaited the cancelled iterator hook for as long as it ran on (here 30 s).
+    monkeypatch.setattr(streaming, "_CONSUMER_STOP_GRACE", 0.2)  # 5 s in production; the wait is what is tested
+    hook = StubbornIterator(linger=30)
+    app, _ = guard(App(ENDLESS_SSE), hook)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await drive(app, chat(stream=True), disconnect_on=hook.waiting, timeout=3)
+    assert loop.time() - began < 2
+    assert hook.state == "cancelled again"
+    assert "ignored its cancellation" in caplog.text
