@@ -378,3 +378,27 @@ async def test_guard_with_a_failing_endpoint_obeys_fail_open(
     response, _ = await _through_guard(ModerationEndpointHook(base_url, api_key="sk-mod", fail_open=fail_open),
                                        "error500")
     assert response.status_code == (200 if fail_open else 503)
+
+
+async def test_as_a_guardrail_it_sends_the_texts_and_the_tool_call_arguments(
+    endpoint: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """Regression: as a guardrail the hook gets texts without tool-call arguments; it must still send them."""
+    from asgi_llm_guard import LLMHookMiddleware
+
+    from .apps import Downstream, client
+
+    base_url, requests = endpoint
+    hook = ModerationEndpointHook(base_url, api_key="sk-mod")
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"q\": \"hello\"}"}}]},
+    ]
+    try:
+        async with client(LLMHookMiddleware(Downstream(), hooks=[hook])) as c:
+            response = await c.post("/v1/chat/completions", json={"model": "m", "messages": messages})
+    finally:
+        await hook.aclose()
+    assert response.headers["x-llm-guard-applied-guardrails"] == "ModerationEndpointHook"
+    assert requests[0]["body"]["input"] == "be brief\n{\"q\": \"hello\"}"

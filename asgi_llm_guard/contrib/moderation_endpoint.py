@@ -132,8 +132,17 @@ class ModerationEndpointHook(CustomGuardrail):
     async def apply_guardrail(
         self, inputs: dict[str, Any], request_data: Any, input_type: str, logging_obj: Any = None
     ) -> None:
-        """Raise :class:`ModerationFlagged` (a :class:`RejectRequest`) when the endpoint flags the texts."""
-        await self._check("\n".join(inputs.get("texts", [])))
+        """Raise :class:`ModerationFlagged` (a :class:`RejectRequest`) when the endpoint flags the texts or the
+        arguments of the tool calls (``inputs["tool_calls"]``), as the hook read them before it was a guardrail."""
+        texts = list(inputs.get("texts", []))
+        for call in inputs.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            arguments = function.get("arguments") if isinstance(function, Mapping) else None
+            if arguments is None and isinstance(call, Mapping):
+                arguments = call.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                texts.append(arguments)
+        await self._check("\n".join(texts))
 
     async def async_moderation_hook(
         self, data: Mapping[str, Any], user_api_key_dict: Any, call_type: str
