@@ -211,15 +211,23 @@ def _install_proxy_state() -> None:
 class _RequestState:
     """One request's LiteLLM bookkeeping, kept in its ``data`` under :data:`STATE_KEY`."""
 
-    __slots__ = ("call_id", "started", "text_so_far", "exception", "response", "client_metadata")
+    __slots__ = ("_call_id", "started", "text_so_far", "exception", "response", "client_metadata")
 
     def __init__(self) -> None:
-        self.call_id = str(uuid.uuid4())
+        self._call_id: str | None = None
         self.started = time.time()
         self.text_so_far = ""
         self.exception: BaseException | None = None
         self.response: Any = None
         self.client_metadata: frozenset[str] | None = None
+
+
+    @property
+    def call_id(self) -> str:
+        """LiteLLM's ``litellm_call_id`` for the logging callbacks (made when first asked for)."""
+        if self._call_id is None:
+            self._call_id = str(uuid.uuid4())
+        return self._call_id
 
 
 def _state(data: dict[str, Any]) -> _RequestState:
@@ -229,12 +237,22 @@ def _state(data: dict[str, Any]) -> _RequestState:
     return state
 
 
-def note_received(data: dict[str, Any]) -> None:
+def note_received(data: dict[str, Any], identity_metadata: Any = None) -> None:
     """Called by the middleware as the body is parsed: remembers which ``metadata`` keys the client sent, so
-    what hooks add there is not forwarded."""
+    what hooks add there is not forwarded; then, as the proxy does with a key's or team's guardrails, adds the
+    guardrails the caller's identity names to ``metadata["guardrails"]``, where LiteLLM's hooks look."""
     metadata = data.get("metadata")
     state = _state(data)
     state.client_metadata = frozenset(metadata) if isinstance(metadata, dict) else None
+    named = identity_metadata.get("guardrails") if isinstance(identity_metadata, dict) else None
+    if isinstance(named, list) and named:
+        if not isinstance(metadata, dict):
+            metadata = data["metadata"] = {}
+        else:
+            metadata = data["metadata"] = dict(metadata)  # the client's dict stays as it sent it
+        present = metadata.get("guardrails")
+        listed = list(present) if isinstance(present, list) else []
+        metadata["guardrails"] = listed + [name for name in named if name not in listed]
 
 
 def forwarded_body(data: dict[str, Any]) -> dict[str, Any]:

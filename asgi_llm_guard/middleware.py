@@ -426,7 +426,7 @@ class GuardedCall(CallState):
             raise Halt(error, error) from None
         self.data = data
         if self.guard.litellm_fields:
-            note_received(data)
+            note_received(data, self.user.metadata)
         if wire.checks_request:
             problem = wire.check_request(data)
             if problem is not None:
