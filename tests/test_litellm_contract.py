@@ -179,3 +179,38 @@ async def test_failure_is_logged_once_with_the_exception() -> None:
 async def test_a_logging_only_class_leaves_streams_unparsed() -> None:
     app = LLMHookMiddleware(Downstream(), hooks=[Logs()])
     assert not app.hooks.streaming and not app.hooks.streaming_iterator and not app.hooks.pre_call
+
+
+from litellm.integrations.custom_guardrail import CustomGuardrail as LiteLLMGuardrail  # noqa: E402
+
+
+class StreamGuard(LiteLLMGuardrail):
+    """A LiteLLM guardrail written with stream hooks (no apply_guardrail), as Azure's text moderation is."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.texts: list[str] = []
+        self.chunk_types: set[str] = set()
+
+    async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: str) -> Any:
+        self.texts.append(response)
+        return None
+
+    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict):
+        async for chunk in response:
+            self.chunk_types.add(type(chunk).__name__)
+            yield chunk
+
+
+async def test_a_guardrails_stream_hooks_run_gated_with_litellms_objects() -> None:
+    guard = StreamGuard(guardrail_name="sg", event_hook="post_call")
+    app = LLMHookMiddleware(Downstream(), hooks=[guard])
+    async with client(app) as c:
+        skipped = await c.post("/v1/chat/completions", json=chat(stream=True))
+        ran = await c.post("/v1/chat/completions", json=chat(stream=True, guardrails=["sg"]))
+    assert stream_text(skipped.content) == stream_text(ran.content) == "Hello from the model"
+    assert "x-llm-guard-applied-guardrails" not in skipped.headers
+    assert ran.headers["x-llm-guard-applied-guardrails"] == "sg"
+    # every chunk, the finish chunk too (its text adds nothing), as the proxy calls it
+    assert guard.texts == ["Hello", "Hello from", "Hello from the", "Hello from the model", "Hello from the model"]
+    assert guard.chunk_types == {"ModelResponseStream"}
