@@ -779,3 +779,22 @@ async def test_an_iterator_hook_running_on_past_the_grace_is_cancelled_again_and
     assert loop.time() - began < 2
     assert hook.state == "cancelled again"
     assert "ignored its cancellation" in caplog.text
+
+
+async def test_a_complete_hook_raising_cancelled_error_of_its_own_is_logged_and_the_next_one_runs() -> None:
+    calls: list[int] = []
+
+    class CompleteCancelled:
+        async def async_post_call_complete_hook(self, request_data: dict, user_api_key_dict: Any,
+                                                status_code: int) -> None:
+            await raise_a_foreign_cancellation()
+
+    class CompleteRecords:
+        async def async_post_call_complete_hook(self, request_data: dict, user_api_key_dict: Any,
+                                                status_code: int) -> None:
+            calls.append(status_code)
+
+    app = LLMHookMiddleware(App(JSON_STEPS), hooks=[CompleteCancelled(), CompleteRecords()])
+    script = await drive(app)  # the request task ends normally: nothing escaped
+    assert script.status == 200
+    assert calls == [200]
