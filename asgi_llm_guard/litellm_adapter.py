@@ -327,6 +327,29 @@ def _plan_methods(hook: object) -> tuple[frozenset[str], dict[str, str]]:
     return defines, plan
 
 
+#: LiteLLM methods the proxy calls in places an ASGI middleware has no counterpart for (router deployments,
+#: model listings, the SDK's own request); a class overriding one is told so at construction.
+NOT_CALLED = {
+    "async_post_call_response_headers_hook": "response headers from hooks are not supported here",
+    "async_filter_listed_models": "the middleware does not answer /v1/models",
+    "async_pre_call_deployment_hook": "there are no router deployments here",
+    "async_post_call_success_deployment_hook": "there are no router deployments here",
+    "async_post_call_failure_deployment_hook": "there are no router deployments here",
+    "async_post_call_streaming_deployment_hook": "there are no router deployments here",
+    "async_pre_request_hook": "the middleware calls no provider itself",
+    "async_post_mcp_tool_call_hook": "MCP routes are not guarded",
+}
+
+
+def _warn_not_called(hook: object) -> None:
+    for name, reason in NOT_CALLED.items():
+        if overridden(hook, name):
+            logger.warning(
+                "%s.%s is not called under LLMHookMiddleware (%s; see docs/litellm.md)",
+                type(hook).__name__, name, reason,
+            )
+
+
 def _timeout_of(hook: object) -> float | None:
     timeout = getattr(hook, "timeout", None)
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
@@ -707,6 +730,7 @@ def adapt(hook: object) -> object:
             f"{type(hook).__name__} needs the LiteLLM proxy itself ({NEEDS_PROXY[qualified]}); it cannot run "
             f"under LLMHookMiddleware (see docs/litellm.md)"
         )
+    _warn_not_called(hook)
     if not isinstance(hook, lib().CustomGuardrail):
         return LiteLLMHook(hook)
     bases: tuple[type, ...] = (LiteLLMGuardrail,)

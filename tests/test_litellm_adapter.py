@@ -165,3 +165,13 @@ async def test_a_hook_needing_more_of_the_proxy_fails_closed() -> None:
     assert response.status_code == 500
     assert response.json()["error"]["message"] == "pre_call hook NeedsProxyState failed"
     assert app.app.received == []
+
+
+def test_a_method_the_middleware_never_calls_is_reported_at_construction(caplog: pytest.LogCaptureFixture) -> None:
+    class WithHeaders(PreCallOnly):
+        async def async_post_call_response_headers_hook(self, *args: Any, **kwargs: Any) -> Any:
+            return {"x-mine": "1"}
+
+    with caplog.at_level("WARNING", logger="asgi_llm_guard"):
+        LLMHookMiddleware(Downstream(), hooks=[WithHeaders()])
+    assert "WithHeaders.async_post_call_response_headers_hook is not called under LLMHookMiddleware" in caplog.text
