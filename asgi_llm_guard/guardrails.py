@@ -129,9 +129,10 @@ class CustomGuardrail(CallHook):
     def __init__(
         self,
         guardrail_name: str | None = None,
-        supported_event_hooks: list[Any] | None = None,
         event_hook: Any = None,
         default_on: bool = False,
+        *,
+        supported_event_hooks: list[Any] | None = None,  # keyword only: LiteLLM's guardrails pass it by name
         **kwargs: Any,
     ) -> None:
         if guardrail_name is not None and (not isinstance(guardrail_name, str) or not guardrail_name):
