@@ -19,20 +19,11 @@ Slot = TextSlot
 Channel = Any
 
 
-def _is_tool_argument(slot: TextSlot) -> bool:
-    container, key = slot
-    if key == "arguments":
-        return True
-    return key == "input" and isinstance(container, Mapping) and container.get("type") == "custom_tool_call"
-
-
 def request_slots(data: Mapping[str, Any], call_type: str) -> list[TextSlot]:
     """Every user-visible text of a request (docs/reference.md#guardrails), tool-call arguments left out (they are in
     ``tool_calls``)."""
     wire = FORMATS.get(call_type)
-    if wire is None:
-        return []
-    return [slot for slot in wire.request_text_slots(data) if not _is_tool_argument(slot)]
+    return wire.guardrail_text_slots(data) if wire is not None else []
 
 
 def request_extras(data: Mapping[str, Any], call_type: str) -> dict[str, Any]:
@@ -54,17 +45,10 @@ def request_extras(data: Mapping[str, Any], call_type: str) -> dict[str, Any]:
     return extras
 
 
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 def response_slots(body: Any, call_type: str) -> list[TextSlot]:
     """The output texts of a non-streamed JSON response."""
     if not isinstance(body, dict):
         return []
-    if call_type == "audio_transcription":  # the JSON form of a transcription: {"text": ...}
-        text = body.get("text")
-        return [TextSlot(body, "text")] if isinstance(text, str) and text else []
     wire = FORMATS.get(call_type)
     return wire.response_text_slots(body) if wire is not None else []
 
@@ -74,14 +58,8 @@ def response_extras(body: Any, call_type: str) -> dict[str, Any]:
     extras: dict[str, Any] = {}
     if not isinstance(body, dict):
         return extras
-    tool_calls: list[Any] = []
-    for choice in _list(body.get("choices")):
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict) and isinstance(message.get("tool_calls"), list):
-            tool_calls.extend(message["tool_calls"])
-    for item in _list(body.get("output")) + _list(body.get("content")):
-        if isinstance(item, dict) and item.get("type") in ("function_call", "custom_tool_call", "tool_use"):
-            tool_calls.append(item)
+    wire = FORMATS.get(call_type)
+    tool_calls = wire.response_tool_calls(body) if wire is not None else []
     if tool_calls:
         extras["tool_calls"] = tool_calls
     if isinstance(body.get("model"), str):

@@ -85,6 +85,45 @@ def test_tool_calls_and_messages_of_a_request() -> None:
     assert FORMATS["anthropic_messages"].tool_calls(anthropic) == [use]
 
 
+def test_guardrail_texts_leave_tool_call_arguments_to_tool_calls() -> None:
+    # A guardrail gets tool-call arguments whole in inputs["tool_calls"], never among its texts (request_texts,
+    # the texts a pre-call hook's mask sees, keep them).
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"k\": 1}"}}
+    chat = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "tool_calls": [call]}]}
+    assert [slot.get() for slot in FORMATS["completion"].guardrail_text_slots(chat)] == ["u"]
+    assert FORMATS["completion"].request_texts(chat) == ["u", "{\"k\": 1}"]
+    custom = {"type": "custom_tool_call", "call_id": "c", "name": "f", "input": "raw"}
+    responses = {"instructions": "be brief", "input": [{"type": "function_call", "arguments": "{}"}, custom]}
+    assert [slot.get() for slot in FORMATS["responses"].guardrail_text_slots(responses)] == ["be brief"]
+
+
+@pytest.mark.parametrize(
+    ("call_type", "body", "calls"),
+    [
+        ("completion", {"choices": [{"message": {"tool_calls": [{"id": "c"}]}}, {"message": {}}]}, [{"id": "c"}]),
+        (
+            "responses",
+            {"output": [{"type": "message"}, {"type": "function_call", "id": "f"}]},
+            [{"type": "function_call", "id": "f"}],
+        ),
+        (
+            "anthropic_messages",
+            {"content": [{"type": "text", "text": "x"}, {"type": "tool_use", "id": "t"}]},
+            [{"type": "tool_use", "id": "t"}],
+        ),
+        ("text_completion", {"choices": [{"text": "x"}]}, []),
+        ("embeddings", {"data": []}, []),
+    ],
+)
+def test_response_tool_calls(call_type: str, body: dict[str, Any], calls: list[Any]) -> None:
+    assert FORMATS[call_type].response_tool_calls(body) == calls
+
+
+def test_a_transcription_answer_is_its_text_and_an_image_answer_has_none() -> None:
+    assert FORMATS["audio_transcription"].response_texts({"text": "said"}) == ["said"]
+    assert FORMATS["image_generation"].response_texts({"text": "said", "data": []}) == []
+
+
 @pytest.mark.parametrize(
     ("status", "kind"),
     [(400, "invalid_request_error"), (529, "overloaded_error"), (418, "invalid_request_error")],

@@ -243,6 +243,9 @@ class AnthropicMessages(WireFormat):
     def response_text_slots(self, body: Any) -> list[TextSlot]:
         return _text_block_slots(body.get("content")) if isinstance(body, Mapping) else []
 
+    def response_tool_calls(self, body: Mapping[str, Any]) -> list[Any]:
+        return [block for block in _blocks(body.get("content")) if block.get("type") == "tool_use"]
+
     def event_text_slots(self, event: Mapping[str, Any]) -> list[TextSlot]:
         kind = event.get("type")
         if kind == "content_block_delta":

@@ -188,6 +188,11 @@ class WireFormat:
     def request_texts(self, data: Mapping[str, Any]) -> list[str]:
         return [slot.get() for slot in self.request_text_slots(data)]
 
+    def guardrail_text_slots(self, data: Mapping[str, Any]) -> list[TextSlot]:
+        """The request texts a guardrail checks (``inputs["texts"]``): tool-call arguments left out, since the
+        guardrail gets those whole in ``tool_calls`` (docs/reference.md#guardrails)."""
+        return [slot for slot in self.request_text_slots(data) if not _is_tool_argument(slot)]
+
     def tool_calls(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The tool calls the request carries (assistant turns), as the format spells them."""
         return []
@@ -208,6 +213,10 @@ class WireFormat:
 
     def response_texts(self, body: Any) -> list[str]:
         return [slot.get() for slot in self.response_text_slots(body)]
+
+    def response_tool_calls(self, body: Mapping[str, Any]) -> list[Any]:
+        """The tool calls of a non-streamed response body (a parsed JSON object), as the format spells them."""
+        return []
 
     def event_text_slots(self, event: Mapping[str, Any]) -> list[TextSlot]:
         """The new output text one parsed stream event carries (a delta)."""
@@ -238,6 +247,14 @@ class WireFormat:
 
     def stream_state(self, model: str) -> StreamState:
         return StreamState(self, model)
+
+
+def _is_tool_argument(slot: TextSlot) -> bool:
+    """A function call's ``arguments``, or a custom tool call's ``input``: what a tool gets, not text to read."""
+    container, key = slot
+    if key == "arguments":
+        return True
+    return key == "input" and isinstance(container, Mapping) and container.get("type") == "custom_tool_call"
 
 
 _STREAM = RequestedFormat(True, False)

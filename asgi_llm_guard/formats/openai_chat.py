@@ -160,6 +160,14 @@ class OpenAIChat(WireFormat):
     def response_text_slots(self, body: Any) -> list[TextSlot]:
         return [slot for choice in _choices(body) for slot in str_slot(choice.get("message"), "content")]
 
+    def response_tool_calls(self, body: Mapping[str, Any]) -> list[Any]:
+        calls: list[Any] = []
+        for choice in _choices(body):
+            message = choice.get("message")
+            if isinstance(message, dict) and isinstance(message.get("tool_calls"), list):
+                calls.extend(message["tool_calls"])
+        return calls
+
     def event_text_slots(self, event: Mapping[str, Any]) -> list[TextSlot]:
         return [slot for choice in _choices(event) for slot in str_slot(choice.get("delta"), "content")]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ._walk import input_slots, prompt_slots
+from ._walk import input_slots, prompt_slots, str_slot
 from .base import RequestedFormat, TextSlot, WireFormat
 
 
@@ -35,3 +35,7 @@ class OpenAIPromptEndpoint(WireFormat):
 
     def _request_slots(self, data: Mapping[str, Any]) -> Iterator[TextSlot]:
         return prompt_slots(data)
+
+    def response_text_slots(self, body: Any) -> list[TextSlot]:
+        # A transcription's JSON answer: {"text": ...}; an image or a vector is no text.
+        return list(str_slot(body, "text")) if self.answers_text else []

@@ -366,6 +366,11 @@ class OpenAIResponses(WireFormat):
     def response_text_slots(self, body: Any) -> list[TextSlot]:
         return list(_output_text_slots(body.get("output"))) if isinstance(body, Mapping) else []
 
+    def response_tool_calls(self, body: Mapping[str, Any]) -> list[Any]:
+        kinds = ("function_call", "custom_tool_call")
+        output = list_or_empty(body.get("output"))
+        return [item for item in output if isinstance(item, dict) and item.get("type") in kinds]
+
     def event_text_slots(self, event: Mapping[str, Any]) -> list[TextSlot]:
         if event.get("type") == "response.output_text.delta":
             return list(str_slot(event, "delta"))
