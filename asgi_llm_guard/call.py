@@ -63,7 +63,7 @@ class CallState:
 
     __slots__ = (
         "settings", "hooks", "wire", "call_type", "data", "requested", "model", "user", "args", "plain_response",
-        "client_gone", "_failure_reported", "guardrail_run",
+        "client_gone", "_failure_reported", "guardrail_run", "stopping",
     )
 
     def __init__(self, settings: CallSettings, wire: WireFormat, model: str) -> None:
@@ -81,6 +81,9 @@ class CallState:
         self.plain_response = settings.plain_responses
         self.client_gone = False  # the client left: the request is being cancelled
         self._failure_reported = False
+        #: Tasks the request cancelled and has not awaited (the app, moderation hooks after a rejection): the
+        #: middleware awaits them, bounded, once the client has its answer.
+        self.stopping: list[asyncio.Future[Any]] | None = None
         self.guardrail_run: GuardrailRun | None = None  # the request's guardrails, when there are any
 
     # -- outcomes --------------------------------------------------------------------------------------------
@@ -237,6 +240,9 @@ class CallState:
                 if task.done() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in tasks:
+            # Not awaited here: a hook slow to stop (or swallowing its cancellation) must not delay the answer.
+            left = [task for task in tasks if not task.done()]
+            for task in left:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if left:
+                self.stopping = [*(self.stopping or ()), *left]

@@ -181,25 +181,26 @@ class LLMHookMiddleware:
 
 
 
-#: Seconds a request waits, after answering, for an app it cancelled (a moderation rejection) to stop.
+#: Seconds a request waits, after answering, for the tasks it cancelled (the app and moderation hooks after a
+#: moderation rejection) to stop.
 _APP_STOP_GRACE = 5.0
 
 
-async def _await_stopped(app_task: asyncio.Future[Any]) -> None:
-    """Wait (bounded) for a cancelled app task to end, once the client has its answer. An app that swallows its
+async def _await_stopped(tasks: list[asyncio.Future[Any]]) -> None:
+    """Wait (bounded) for cancelled tasks to end, once the client has its answer. One that swallows its
     cancellation and runs on past ``_APP_STOP_GRACE`` is cancelled once more and left to end on its own, logged:
     awaiting it longer would hold the request (and, for a server, the connection) for as long as it runs."""
-    app_task.add_done_callback(_retrieve)  # an app's error after a rejection is of no interest to anyone
-    if not app_task.done():
-        await asyncio.wait((app_task,), timeout=_APP_STOP_GRACE)
-    if app_task.done():
-        return
-    logger.error(
-        "the downstream app ignored its cancellation (after a moderation rejection) for %gs; it was cancelled "
-        "again and is left to end on its own",
-        _APP_STOP_GRACE,
-    )
-    app_task.cancel()
+    for task in tasks:
+        task.add_done_callback(_retrieve)  # what they raise after a rejection is of no interest to anyone
+    await asyncio.wait(tasks, timeout=_APP_STOP_GRACE)
+    for task in tasks:
+        if not task.done():
+            logger.error(
+                "a task the request cancelled (the downstream app or a moderation hook) ignored its cancellation "
+                "for %gs; it was cancelled again and is left to end on its own",
+                _APP_STOP_GRACE,
+            )
+            task.cancel()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -212,7 +213,7 @@ class GuardedCall(CallState):
 
     __slots__ = (
         "guard", "scope", "receive", "content_type", "form", "pipeline", "forwarded_headers",
-        "_header_error", "_key_digest", "_active", "_watcher", "_watch_args", "_stopping_app",
+        "_header_error", "_key_digest", "_active", "_watcher", "_watch_args",
     )
 
     def __init__(
@@ -227,7 +228,6 @@ class GuardedCall(CallState):
         self._active = True
         self._watcher: asyncio.Task[None] | None = None
         self._watch_args: tuple[ReplayedReceive, asyncio.Task[Any]] | None = None
-        self._stopping_app: asyncio.Future[Any] | None = None  # the app, cancelled after a moderation rejection
         head = scan_headers(scope["headers"], guard.max_body_bytes, not guard.plain_responses)
         self.forwarded_headers, self.content_type, self._key_digest, self._header_error = head
 
@@ -325,7 +325,7 @@ class GuardedCall(CallState):
                 self.guard.disconnects.discard(self)
             if self._watcher is not None:
                 self._watcher.cancel()
-            stopping_app, self._stopping_app = self._stopping_app, None
+            stopping, self.stopping = self.stopping, None
             pipeline = self.pipeline
             if pipeline.stream is not None:
                 await pipeline.close()
@@ -337,8 +337,8 @@ class GuardedCall(CallState):
                 if observer is not None:
                     observer.request_finished(self.call_type, status, time.perf_counter() - started)
             self._end()
-            if stopping_app is not None:  # last: the answer went out, and the request is otherwise over
-                await _await_stopped(stopping_app)
+            if stopping:  # last: the answer went out, and the request is otherwise over
+                await _await_stopped(stopping)
 
     def _end(self) -> None:
         """Drop the references that tie this request's objects into cycles (the pipeline and its stream point
@@ -496,7 +496,7 @@ class GuardedCall(CallState):
             app_task.cancel()
             # Not awaited here: the client's answer must not wait for an app that is slow to stop (or swallows
             # its cancellation). run() awaits it after answering, bounded by _APP_STOP_GRACE.
-            self._stopping_app = app_task
+            self.stopping = [*(self.stopping or ()), app_task]
             raise
         if self.guard.observer is not None:
             self.guard.observer.moderation_held(pipeline.held_for())
@@ -504,7 +504,7 @@ class GuardedCall(CallState):
             await pipeline.release()
         except BaseException:
             app_task.cancel()
-            self._stopping_app = app_task
+            self.stopping = [*(self.stopping or ()), app_task]
             if pipeline.done:
                 return
             raise

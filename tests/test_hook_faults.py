@@ -798,3 +798,33 @@ async def test_a_complete_hook_raising_cancelled_error_of_its_own_is_logged_and_
     script = await drive(app)  # the request task ends normally: nothing escaped
     assert script.status == 200
     assert calls == [200]
+
+
+class StubbornModeration:
+    """Swallows the first cancellation and runs on for ``linger`` seconds."""
+
+    def __init__(self, linger: float) -> None:
+        self.linger = linger
+        self.state = "not called"
+
+    async def async_moderation_hook(self, data: dict, user_api_key_dict: Any, call_type: str) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.state = "swallowed"
+        await asyncio.sleep(self.linger)
+        self.state = "finished late"
+
+
+@pytest.mark.parametrize("moderation", ["parallel", "before"])
+async def test_a_moderation_rejection_is_answered_before_a_moderation_hook_that_swallows_cancellation_stops(
+    moderation: str,
+) -> None:
+    # Regression: the rejection waited (gather) for every other moderation hook to stop, for as long as one ran on.
+    stubborn = StubbornModeration(linger=0.8)
+    app, failures = guard(App(JSON_STEPS), stubborn, Rejects(), moderation=moderation)
+    script, answered, ended = await run_timed(app)
+    assert error_of(script, 400)["message"] == "blocked by moderation"
+    assert answered < 0.4, answered
+    assert stubborn.state == "finished late" and ended >= 0.8  # awaited after the answer, within the grace
+    assert len(failures.exceptions) == 1
