@@ -446,7 +446,7 @@ class GuardedCall(CallState):
             missing = GuardError(400, f"'{param}' param not passed in. 'enforce_user_param'=True", param=param)
             raise Halt(missing, missing)
 
-    def _downstream_scope(self, body: bytes, content_type: bytes) -> Scope:
+    def _downstream_scope(self, body: bytes, content_type: bytes, data: dict[str, Any] | None = None) -> Scope:
         headers = self.forwarded_headers
         headers.append((b"content-type", content_type))
         headers.append((b"content-length", str(len(body)).encode()))
@@ -460,7 +460,8 @@ class GuardedCall(CallState):
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
-        state["llm_guard"] = GuardState(self.call_type, self.user, self.data)
+        # With LiteLLM hooks, the app's view is the body it received (without what LiteLLM consumes).
+        state["llm_guard"] = GuardState(self.call_type, self.user, self.data if data is None else data)
         return scope
 
     def _downstream_request(self, receive: ReplayedReceive) -> Scope:
@@ -481,7 +482,7 @@ class GuardedCall(CallState):
         except GuardError as over_limit:
             raise Halt(over_limit, over_limit) from None
         receive.replay(body)
-        return self._downstream_scope(body, content_type)
+        return self._downstream_scope(body, content_type, data if self.guard.litellm_fields else None)
 
     async def _race(self, scope: Scope, receive: ReplayedReceive) -> None:
         """Moderation and the app at once; the app's response is held until moderation passes

@@ -71,6 +71,7 @@ async def test_hooks_get_the_proxy_call_type_and_added_fields_are_not_forwarded(
     assert received["metadata"] == {"trace": "t-1"}  # the client's own metadata, not the hook's notes
     assert "guardrails" not in received and "litellm_call_id" not in received
     assert "_llm_guard_litellm" not in received
+    assert down.received[0].state.data == received  # the app's view of the request is what it received
 
 
 async def test_added_metadata_is_dropped_when_the_client_sent_none() -> None:
