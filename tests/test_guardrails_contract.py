@@ -291,3 +291,40 @@ async def test_the_identity_adds_guardrails_and_a_request_cannot_remove_one() ->
     async with client(guarded) as c:
         r = await c.post("/v1/chat/completions", json=body)
     assert r.headers[HEADER] == "keyed" and app.received[0]["messages"][0]["content"] == "[X]"
+
+
+async def test_call_hooks_run_only_at_the_stages_event_hook_names_when_the_identity_selects() -> None:
+    calls: list[str] = []
+
+    class Legacy(CustomGuardrail):
+        async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):  # type: ignore[no-untyped-def]
+            calls.append("pre_call")
+
+        async def async_post_call_success_hook(self, data, user_api_key_dict, response):  # type: ignore[no-untyped-def]
+            calls.append("post_call")
+
+    async def auth(scope: Any) -> UserAPIKeyAuth:
+        return UserAPIKeyAuth(metadata={"guardrails": ["legacy"]} if scope["path"] == "/v1/chat/completions" else {})
+
+    guarded, _ = _guarded(Legacy(guardrail_name="legacy", event_hook="pre_call"), auth=auth)
+    async with client(guarded) as c:
+        selected = await c.post("/v1/chat/completions", json={"model": "m", "messages": []})
+        unselected = await c.post("/v1/completions", json={"model": "m", "prompt": "x"})
+    assert calls == ["pre_call"]  # not post_call (not in event_hook), nothing for the request that did not select it
+    assert selected.headers[HEADER] == "legacy" and HEADER not in unselected.headers
+
+
+# -- during_call ----------------------------------------------------------------------------------------------
+
+
+async def test_a_during_call_refusal_of_a_streamed_request_is_a_stream_in_the_routes_format() -> None:
+    guarded, _ = _guarded(Masks(guardrail_name="d", event_hook="during_call", default_on=True))
+    async with client(guarded) as c:
+        messages = await c.post("/v1/messages", json={"model": "m", "max_tokens": 3, "stream": True,
+                                                      "messages": [{"role": "user", "content": "rm -rf"}]})
+        responses = await c.post("/v1/responses", json={"model": "m", "stream": True, "input": "rm -rf"})
+    for answer, last in ((messages, "event: message_stop"), (responses, "event: response.completed")):
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        assert answer.headers[HEADER] == "d" and answer.headers["x-llm-guard-rejected"] == "moderation"
+        assert "I can't help with that." in answer.text
+        assert [line for line in answer.text.splitlines() if line.startswith("event: ")][-1] == last
