@@ -371,7 +371,13 @@ class ResponsePipeline:
                     self._start = message
                     await self._unreadable("it is a compressed stream", "streaming", b"", True)
                     return
-                self._stream(message)
+                if not hooks.success:
+                    self._stream(message)
+                    return
+                # A JSON answer to a streamed request (a downstream that ignores `stream`) is the success hooks'
+                # to see, not passed through a stream parser that finds no events in it: its first bytes decide
+                # (docs/reference.md#unreadable-responses).
+                self._mode, self._start, self._head = _SNIFF, message, None
                 return
             if not streaming and self.call.requested.stream and _is_sse(_content_type(message)):
                 pass  # the stream the client asked for, and no streaming hook: success hooks read no streams
@@ -441,7 +447,7 @@ class ResponsePipeline:
             await self._unreadable("it is an event stream, and the request asked for none", "post_call",
                                    b"".join(self._chunks), more)
             return
-        elif (kind == _SSE or kind == _OTHER) and streaming:
+        elif (kind == _SSE or kind == _OTHER or (kind == _EMPTY and call.requested.stream)) and streaming:
             assert self._start is not None
             # An event stream, or bytes a client reading one would search for events: the parser finds every
             # event a client would, and forwards the rest as it came.

@@ -463,3 +463,23 @@ async def test_a_bom_after_an_empty_first_message_is_still_a_bom() -> None:
     app = app_answering([b"", BOM + orjson.dumps(ANSWER)], [JSON])
     script = await drive(LLMHookMiddleware(app, hooks=[hook]), chat())
     assert script.status == 200 and len(hook.success) == 1 and b"1234" not in script.body
+
+
+@pytest.mark.parametrize("case", ["labelled-event-stream", "no-content-type", "bom"])
+async def test_a_json_answer_to_a_streamed_request_goes_through_the_post_call_guardrail(case: str) -> None:
+    # Regression: with a post_call guardrail (a success and a streaming hook) and "stream": true, the answer went
+    # straight to the stream parser, which finds no events in a JSON body and passed it on unmasked (a downstream
+    # that ignores `stream` answers this way; a raw HTTP client reads it).
+    raw, headers = JSON_ANSWERS[case]
+    guard = Masks(guardrail_name="mask", event_hook="post_call", default_on=True)
+    script = await drive(LLMHookMiddleware(app_answering(raw, headers), hooks=[guard]), chat(stream=True))
+    assert script.status == 200 and b"1234" not in script.body
+    assert json.loads(script.body.removeprefix(BOM))["choices"][0]["message"]["content"] == "the secret is [REDACTED]"
+
+
+async def test_a_json_answer_to_a_streamed_request_goes_through_the_success_hook() -> None:
+    hook = Redact()
+    app = LLMHookMiddleware(app_answering(orjson.dumps(ANSWER), [JSON]), hooks=[hook])
+    script = await drive(app, chat(stream=True))
+    assert len(hook.success) == 1 and hook.chunks == []
+    assert b"1234" not in script.body and b"[REDACTED]" in script.body
