@@ -355,3 +355,43 @@ async def test_responses_text_sent_only_whole_in_done_events_is_checked_there() 
     assert by_type["response.output_text.done"]["text"] == "the [REDACTED] is here"
     assert by_type["response.completed"]["response"]["output"][0]["content"][0]["text"] == "the [REDACTED] is here"
     assert guard.calls == 1
+
+
+async def test_anthropic_untyped_text_deltas_and_blocks_are_masked() -> None:
+    # Regression: a delta or block with a `text` and no `type` was skipped by the guardrail, yet the anthropic SDK
+    # reads it as a TextDelta / TextBlock and hands its caller the unmasked text.
+    events = _anthropic_stream([])
+    events[1] = _named("content_block_start", index=0, content_block={"text": "a s3"})
+    events.insert(2, _named("content_block_delta", index=0, delta={"text": "cr3t and s3cr3t"}))
+    app = LLMHookMiddleware(Streamer(events), routes={"/v1/messages": "anthropic_messages"},
+                            hooks=[Masker(stream_holdback_chars=8, stream_check_chars=2)])
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with client(app) as c:
+        r = await c.post("/v1/messages", json=body)
+    _assert_no_piece_of(r.content, "s3cr3t")
+    data = _data(r.content)
+    start = next(e for e in data if e["type"] == "content_block_start")
+    deltas = "".join(e["delta"]["text"] for e in data if e["type"] == "content_block_delta")
+    assert start["content_block"]["text"] + deltas == "a [REDACTED] and [REDACTED]"
+
+
+@pytest.mark.parametrize("content", ["the s3cr3t", [{"text": "the s3cr3t"}]], ids=["string", "untyped-block"])
+async def test_anthropic_answer_content_as_a_string_or_untyped_block_is_masked(content: Any) -> None:
+    # Regression: the anthropic SDK hands a string `content` to its caller as it is and reads an untyped block as
+    # a TextBlock; the guardrail saw neither and the text went out unmasked.
+    answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": content,
+              "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 1}}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if await read_request(scope, receive, send) is None:
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+
+    guarded = LLMHookMiddleware(app, hooks=[Masker()])
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    async with client(guarded) as c:
+        r = await c.post("/v1/messages", json=body)
+    assert r.status_code == 200 and "s3cr3t" not in r.text
+    got = r.json()["content"]
+    assert (got if isinstance(got, str) else got[0]["text"]) == "the [REDACTED]"

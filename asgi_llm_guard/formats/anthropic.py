@@ -106,8 +106,15 @@ def _content_slots(container: Mapping[str, Any], key: str) -> Iterator[TextSlot]
             yield from _content_slots(block, "content")
 
 
+def _is_text(block: Mapping[str, Any], kind: str) -> bool:
+    """A text block (``kind="text"``) or delta (``"text_delta"``), or one with no ``type`` but a ``text``: the
+    ``anthropic`` SDK reads an untyped block or delta as text (``TextBlock``, ``TextDelta``), so a guard must too."""
+    found = block.get("type", None)
+    return found == kind or (found is None and "text" in block)
+
+
 def _text_block_slots(content: Any) -> list[TextSlot]:
-    return [slot for block in _blocks(content) if block.get("type") == "text" for slot in str_slot(block, "text")]
+    return [slot for block in _blocks(content) if _is_text(block, "text") for slot in str_slot(block, "text")]
 
 
 class AnthropicStreamState(StreamState):
@@ -162,11 +169,11 @@ class AnthropicStreamText(StreamText):
         kind = chunk.get("type")
         if kind == "content_block_delta":
             delta = chunk.get("delta")
-            if isinstance(delta, dict) and delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+            if isinstance(delta, dict) and _is_text(delta, "text_delta") and isinstance(delta.get("text"), str):
                 return [(chunk.get("index", 0), delta, "text")]
         elif kind == "content_block_start":  # a text block may start with text (Anthropic's own start with "")
             block = chunk.get("content_block")
-            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            if isinstance(block, dict) and _is_text(block, "text") and isinstance(block.get("text"), str):
                 return [(chunk.get("index", 0), block, "text")]
         return []
 
@@ -241,7 +248,11 @@ class AnthropicMessages(WireFormat):
         return urls
 
     def response_text_slots(self, body: Any) -> list[TextSlot]:
-        return _text_block_slots(body.get("content")) if isinstance(body, Mapping) else []
+        if not isinstance(body, Mapping):
+            return []
+        if isinstance(body.get("content"), str):  # the SDK hands a string `content` to its caller as it is
+            return list(str_slot(body, "content"))
+        return _text_block_slots(body.get("content"))
 
     def response_tool_calls(self, body: Mapping[str, Any]) -> list[Any]:
         return [block for block in _blocks(body.get("content")) if block.get("type") == "tool_use"]
@@ -250,7 +261,7 @@ class AnthropicMessages(WireFormat):
         kind = event.get("type")
         if kind == "content_block_delta":
             delta = event.get("delta")
-            if isinstance(delta, Mapping) and delta.get("type") == "text_delta":
+            if isinstance(delta, Mapping) and _is_text(delta, "text_delta"):
                 return list(str_slot(delta, "text"))
         elif kind == "content_block_start":
             return _text_block_slots([event.get("content_block")])
