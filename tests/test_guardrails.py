@@ -508,3 +508,25 @@ async def test_anthropic_request_system_and_messages_in_and_metadata_guardrails_
     assert forwarded["system"] == "sys [REDACTED]"
     assert forwarded["messages"][0]["content"][0]["text"] == "hi [REDACTED]"
     assert forwarded["metadata"] == {"user_id": "u-1"}
+
+
+async def test_anthropic_document_and_search_result_texts_are_request_texts() -> None:
+    # Regression: a plain-text document (source "text" or "content") and a search result's text blocks are text the
+    # model reads, yet a pre_call guardrail never saw them and they were forwarded unmasked.
+    guard = NoSecrets(guardrail_name="ns", event_hook="pre_call", default_on=True)
+    app, down = _app(guard)
+    content = [
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc s3cr3t"}},
+        {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "part s3cr3t"}]}},
+        {"type": "search_result", "source": "https://x", "title": "t",
+         "content": [{"type": "text", "text": "found s3cr3t"}]},
+    ]
+    body = {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": content}]}
+    async with client(app) as c:
+        r = await c.post("/v1/messages", json=body)
+    assert r.status_code == 200
+    assert guard.calls == [("request", ["doc s3cr3t", "part s3cr3t", "found s3cr3t"])]
+    sent = down.received[0].json["messages"][0]["content"]
+    assert sent[0]["source"]["data"] == "doc [REDACTED]"
+    assert sent[1]["source"]["content"][0]["text"] == "part [REDACTED]"
+    assert sent[2]["content"][0]["text"] == "found [REDACTED]"

@@ -92,8 +92,9 @@ def _blocks(value: Any) -> Iterator[Mapping[str, Any]]:
 
 
 def _content_slots(container: Mapping[str, Any], key: str) -> Iterator[TextSlot]:
-    """A ``content`` or ``system`` field: a string, or blocks whose ``text`` blocks hold text (a tool result's
-    content is a string or blocks of its own)."""
+    """A ``content`` or ``system`` field: a string, or blocks whose ``text`` blocks hold text (a tool result's or
+    search result's content is a string or blocks of its own; a document's text is its ``text`` source's ``data``
+    or its ``content`` source's blocks)."""
     value = container.get(key)
     if isinstance(value, str):
         yield from str_slot(container, key)
@@ -102,8 +103,15 @@ def _content_slots(container: Mapping[str, Any], key: str) -> Iterator[TextSlot]
         kind = block.get("type")
         if kind == "text" or (kind is None and "text" in block):  # a lenient downstream may take it untyped
             yield from str_slot(block, "text")
-        elif kind == "tool_result":
+        elif kind == "tool_result" or kind == "search_result":
             yield from _content_slots(block, "content")
+        elif kind == "document":  # a plain-text document is text the model reads, as a text block is
+            source = block.get("source")
+            if isinstance(source, Mapping):
+                if source.get("type") == "text":
+                    yield from str_slot(source, "data")
+                elif source.get("type") == "content":
+                    yield from _content_slots(source, "content")
 
 
 def _is_text(block: Mapping[str, Any], kind: str) -> bool:
