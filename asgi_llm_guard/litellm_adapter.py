@@ -730,6 +730,7 @@ def adapt(hook: object) -> object:
             f"{type(hook).__name__} needs the LiteLLM proxy itself ({NEEDS_PROXY[qualified]}); it cannot run "
             f"under LLMHookMiddleware (see docs/litellm.md)"
         )
+    _attach_no_router(hook)
     _warn_not_called(hook)
     if not isinstance(hook, lib().CustomGuardrail):
         return LiteLLMHook(hook)
@@ -741,6 +742,22 @@ def adapt(hook: object) -> object:
     namespace: dict[str, Any] = {"__module__": type(hook).__module__}
     namespace.update({name: getattr(_Calls, wrapper) for name, wrapper in plan.items()})
     return type(type(hook).__name__, bases, namespace)(hook)
+
+
+def _attach_no_router(hook: object) -> None:
+    """What the proxy's startup does for a hook with ``update_environment`` (the prompt-injection detector):
+    hand it the router, here none. A detector configured to ask an LLM (``llm_api_check``) refuses to start
+    without one, as in a proxy without a model list; unattached, it would let every request through unchecked."""
+    update = getattr(hook, "update_environment", None)
+    if not callable(update):
+        return
+    try:
+        update(router=None)
+    except Exception as exc:
+        raise TypeError(
+            f"{type(hook).__name__} needs the LiteLLM proxy's router ({exc}); it cannot run under "
+            "LLMHookMiddleware with this configuration (see docs/litellm.md)"
+        ) from exc
 
 
 def is_adapted(hook: object) -> bool:
