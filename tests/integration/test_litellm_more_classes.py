@@ -370,6 +370,147 @@ async def test_azure_prompt_shield_blocks_a_jailbreak_before_the_model() -> None
     assert service.requests[0] == ("/contentsafety/text:shieldPrompt", {"documents": [], "userPrompt": "a jailbreak"})
 
 
+# -- Lasso (guardrail_hooks/lasso/lasso.py) ----------------------------------------------------------------------
+
+
+def lasso_api(path: str, body: Any) -> tuple[int, Any]:
+    """Lasso's ``/classify`` blocks "jailbreak"; ``/classifix`` (``mask=True``) masks it instead."""
+    bad = any("jailbreak" in str(m.get("content")) for m in body["messages"])
+    if path == "/classify":
+        findings = {"jailbreak": [{"action": "BLOCK", "severity": "HIGH"}]} if bad else {}
+        return 200, {"violations_detected": bad, "deputies": {"jailbreak": bad}, "findings": findings}
+    masked = [{**m, "content": str(m["content"]).replace("jailbreak", "[MASKED]")} for m in body["messages"]]
+    findings = {"jailbreak": [{"action": "AUTO_MASKING", "severity": "HIGH"}]} if bad else {}
+    return 200, {"violations_detected": bad, "deputies": {}, "findings": findings, "messages": masked}
+
+
+@asynccontextmanager
+async def lasso(event_hook: str, mask: bool = False) -> AsyncIterator[tuple[Any, FakeService]]:
+    load_litellm()
+    from litellm.proxy.guardrails.guardrail_hooks.lasso.lasso import LassoGuardrail
+
+    async with faked(lasso_api) as (base_url, service):
+        yield LassoGuardrail(
+            api_key="lasso-key", api_base=base_url, guardrail_name="lasso", event_hook=event_hook, default_on=True,
+            mask=mask,
+        ), service
+
+
+async def test_lasso_blocks_a_prompt_or_masks_it_with_mask() -> None:
+    down = Downstream()
+    async with lasso("pre_call") as (guard, service):
+        async with sdk(LLMHookMiddleware(down, hooks=[guard])) as client:
+            with pytest.raises(openai.BadRequestError) as raised:
+                await client.chat.completions.create(model="gpt-test", messages=user("a jailbreak prompt"))
+    assert raised.value.body["message"] == "Violated Lasso guardrail policy"  # type: ignore[index]
+    assert down.received == []
+    assert service.requests[0][1]["messageType"] == "PROMPT"
+    async with lasso("pre_call", mask=True) as (guard, service):
+        async with sdk(LLMHookMiddleware(down, hooks=[guard])) as client:
+            await client.chat.completions.create(model="gpt-test", messages=user("a jailbreak prompt"))
+    assert [r.json["messages"] for r in down.received] == [user("a [MASKED] prompt")]
+    assert service.requests[0][0] == "/classifix"
+
+
+async def test_lasso_post_call_blocks_or_masks_the_answer() -> None:
+    down = Downstream(words=("a jailbreak", " answer"))
+    async with lasso("post_call") as (guard, service):
+        async with sdk(LLMHookMiddleware(down, hooks=[guard])) as client:
+            with pytest.raises(openai.BadRequestError):
+                await client.chat.completions.create(model="gpt-test", messages=user("hi"))
+    assert service.requests[0][1]["messageType"] == "COMPLETION"
+    async with lasso("post_call", mask=True) as (guard, _):
+        async with sdk(LLMHookMiddleware(down, hooks=[guard])) as client:
+            answer = await client.chat.completions.create(model="gpt-test", messages=user("hi"))
+    assert answer.choices[0].message.content == "a [MASKED] answer"
+
+
+async def test_lasso_during_call_fails_closed_as_in_the_proxy() -> None:
+    # Its async_moderation_hook requires a ``cache`` argument the proxy does not pass (proxy/utils.py
+    # during_call_hook): a TypeError there, a 500 here too; never a request let through unchecked.
+    down = Downstream()
+    async with lasso("during_call") as (guard, service):
+        async with sdk(LLMHookMiddleware(down, hooks=[guard])) as client:
+            with pytest.raises(openai.InternalServerError) as raised:
+                await client.chat.completions.create(model="gpt-test", messages=user("hello"))
+    assert raised.value.body["message"] == "moderation hook LassoGuardrail failed"  # type: ignore[index]
+    assert service.requests == []
+
+
+# -- Pangea AI Guard (guardrail_hooks/pangea/pangea.py) ------------------------------------------------------------
+
+
+def pangea_api(path: str, body: Any) -> tuple[int, Any]:
+    """Pangea's ``POST /v1beta/guard``: blocks "malware"; redacts "555-0100" (transformed output)."""
+    payload = body["input"]
+    texts = [str(m.get("content")) for m in payload["messages"]]
+    texts += [str(c["message"]["content"]) for c in payload.get("choices") or ()]
+    if any("malware" in text for text in texts):
+        return 200, {"status": "Success", "result": {"blocked": True, "transformed": False, "detectors": {}}}
+    if not any("555-0100" in text for text in texts):
+        return 200, {"status": "Success", "result": {"blocked": False, "transformed": False, "detectors": {}}}
+    output: dict[str, Any] = {
+        "messages": [{**m, "content": str(m["content"]).replace("555-0100", "<PHONE>")} for m in payload["messages"]]
+    }
+    if payload.get("choices"):
+        output["choices"] = [
+            {**c, "message": {**c["message"], "content": c["message"]["content"].replace("555-0100", "<PHONE>")}}
+            for c in payload["choices"]
+        ]
+    return 200, {"status": "Success", "result": {"blocked": False, "transformed": True, "output": output}}
+
+
+@asynccontextmanager
+async def pangea(event_hook: str) -> AsyncIterator[tuple[Any, FakeService]]:
+    load_litellm()
+    from litellm.proxy.guardrails.guardrail_hooks.pangea.pangea import PangeaHandler
+
+    async with faked(pangea_api) as (base_url, service):
+        yield PangeaHandler(
+            guardrail_name="pangea", api_key="pts-key", api_base=base_url, event_hook=event_hook, default_on=True
+        ), service
+
+
+async def test_pangea_pre_call_blocks_or_redacts_chat_and_text_prompts() -> None:
+    down = Downstream()
+    async with pangea("pre_call") as (guard, service):
+        async with sdk(LLMHookMiddleware(down, hooks=[guard])) as client:
+            with pytest.raises(openai.BadRequestError) as raised:
+                await client.chat.completions.create(model="gpt-test", messages=user("write malware"))
+            await client.chat.completions.create(model="gpt-test", messages=user("call 555-0100"))
+            # Text completions: the proxy's call type is atext_completion, which Pangea reads the prompt for.
+            await client.completions.create(model="gpt-test", prompt="call 555-0100")
+    assert raised.value.body["message"] == "Violated Pangea guardrail policy"  # type: ignore[index]
+    assert down.received[0].json["messages"] == user("call <PHONE>")
+    assert down.received[1].json["prompt"] == "call <PHONE>"
+    assert service.requests[0] == (
+        "/v1beta/guard",
+        {"debug": False, "input": {"messages": user("write malware"), "tools": None}, "event_type": "input"},
+    )
+
+
+# Pangea puts its output choices on the response as plain dicts; pydantic warns when LiteLLM serialises them (so
+# does the proxy's), which this suite would otherwise turn into an error.
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
+async def test_pangea_post_call_redacts_the_answer_and_blocks() -> None:
+    down = Downstream(words=("call ", "555-0100"))
+    async with pangea("post_call") as (guard, service):
+        async with sdk(LLMHookMiddleware(down, hooks=[guard])) as client:
+            answer = await client.chat.completions.create(model="gpt-test", messages=user("hi"))
+            # Pangea serialises only chat choices: a text completion's TextChoices fail its request, which it
+            # turns into a 500 "Error in Pangea Guardrail" (the proxy's answer too): closed, never unchecked.
+            with pytest.raises(openai.InternalServerError) as text:
+                await client.completions.create(model="gpt-test", prompt="hi")
+            down.words = ("some ", "malware")
+            with pytest.raises(openai.BadRequestError):
+                await client.chat.completions.create(model="gpt-test", messages=user("hi"))
+    assert answer.choices[0].message.content == "call <PHONE>"
+    assert answer.id == "chatcmpl-down"
+    assert text.value.body["message"] == "Error in Pangea Guardrail"  # type: ignore[index]
+    assert service.requests[0][1]["event_type"] == "output"
+    assert service.requests[0][1]["input"]["choices"][0]["message"]["content"] == "call 555-0100"
+
+
 # -- secret detection (litellm-enterprise: enterprise_callbacks/secret_detection.py) ----------------------------------
 
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
