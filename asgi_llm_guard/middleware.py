@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from .assembly import assemble
 from .auth import UserAPIKeyAuth, scope_user_id
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, whole_body
 from .cache import DualCache
@@ -43,16 +44,9 @@ from .errors import (
     log_exception,
 )
 from .formats import FORMATS
-from .guardrail_engine import GuardrailEngine, strip_guardrail_fields
-from .hooks import HOOK_ERRORS, HookSet, bind_hooks, cancelling, log_hook_exception
-from .litellm_adapter import adapt as adapt_litellm
-from .litellm_adapter import (
-    forwarded_body,
-    from_litellm_identity,
-    is_litellm_hook,
-    is_litellm_identity,
-    note_received,
-)
+from .guardrail_engine import strip_guardrail_fields
+from .hooks import HOOK_ERRORS, HookSet, cancelling, log_hook_exception
+from .litellm_adapter import forwarded_body, from_litellm_identity, is_litellm_identity, note_received
 from .multipart import MISSING as MULTIPART_MISSING
 from .multipart import FormBody, is_multipart, parse_form
 from .multipart import available as multipart_available
@@ -106,24 +100,14 @@ class LLMHookMiddleware:
         )
         self.app = app
         self.observer = observer
-        engine = GuardrailEngine(observer)
-        litellm_hooks: list[object] = []
-
-        def adapt(hook: object) -> object:
-            # LiteLLM's own classes get LiteLLM's runtime contract (docs/litellm.md); nothing else is touched.
-            if not is_litellm_hook(hook):
-                return hook
-            wrapped = adapt_litellm(hook)
-            litellm_hooks.append(wrapped)
-            return wrapped
-
-        self.hooks: HookSet = bind_hooks(list(hooks), hook_timeout, observer, engine.expand, adapt)
+        assembly = assemble(hooks, hook_timeout, observer)
+        self.hooks: HookSet = assembly.hooks
         #: LiteLLM hooks are configured: fields LiteLLM consumes are kept from the app (litellm_adapter).
-        self.litellm_fields = bool(litellm_hooks)
+        self.litellm_fields = assembly.litellm_fields
         #: The CustomGuardrails among the hooks (docs/guardrails.md); None when there are none, which costs nothing.
-        self.guardrails = engine if engine.guardrails else None
+        self.guardrails = assembly.guardrails
         self.routes = RouteTable(routes)
-        if "audio_transcription" in self.routes.call_types and not multipart_available():
+        if not multipart_available() and any(FORMATS[name].accepts_multipart for name in self.routes.call_types):
             # Not an ImportError: python-multipart is an extra most services never need, and raising would make
             # everyone without it remove four routes; a warning at start-up names the fix, and an upload on those
             # routes is a 501 in the route's format, never an unguarded request (docs/routes.md).
@@ -137,10 +121,7 @@ class LLMHookMiddleware:
         self.disconnects = DisconnectWatch()
         # A guardrail that ran adds its header to the response start, so no start passes untouched.
         self.plain_responses = not (self.hooks.touches_response or self.hooks.failure or self.guardrails)
-        self.failure_wants_traceback = any(
-            "traceback_str" in hook.positional or any(source == "traceback_str" for _, source in hook.keywords)
-            for hook in self.hooks.failure
-        )
+        self.failure_wants_traceback = assembly.failure_wants_traceback
         self.settings = CallSettings(
             self.hooks, observer, expose_hook_errors, self.failure_wants_traceback, self.plain_responses
         )
