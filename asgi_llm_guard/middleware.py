@@ -22,7 +22,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -34,19 +34,12 @@ from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read
 from .cache import DualCache
 from .call import CallSettings, CallState, GuardState
 from .disconnects import DisconnectWatch
-from .errors import (
-    DEPENDENCY_FAILED,
-    GuardError,
-    Halt,
-    dependency_status,
-    from_exception,
-    is_dependency_error,
-    log_exception,
-)
+from .errors import GuardError, Halt
 from .formats import FORMATS
 from .guardrail_engine import strip_guardrail_fields
 from .hooks import HOOK_ERRORS, HookSet, cancelling, log_hook_exception
-from .litellm_adapter import forwarded_body, from_litellm_identity, is_litellm_identity, note_received
+from .identity import AuthCallable, authenticate
+from .litellm_adapter import forwarded_body, note_received
 from .multipart import MISSING as MULTIPART_MISSING
 from .multipart import FormBody, is_multipart, parse_form
 from .multipart import available as multipart_available
@@ -61,7 +54,6 @@ logger = logging.getLogger("asgi_llm_guard")
 MiB = 1024 * 1024
 #: ASGI extensions with which the server, not the app, sends the body bytes (`http.response.pathsend`, zero-copy).
 _BODYLESS_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
-AuthCallable = Callable[[Scope], Awaitable[UserAPIKeyAuth]]
 
 
 class LLMHookMiddleware:
@@ -357,7 +349,7 @@ class GuardedCall(CallState):
     ) -> None:
         if host is not None:
             self._watch(receive, host)
-        await self._authenticate(auth)
+        self.user = await authenticate(auth, self.scope, self, self.guard.expose_hook_errors)
 
     def start_watch(self) -> None:
         """Called by the middleware's :class:`DisconnectWatch` for a request still running after a while."""
@@ -371,29 +363,6 @@ class GuardedCall(CallState):
         if self._active and not self.pipeline.done:
             self.client_gone = True
             host.cancel()
-
-    async def _authenticate(self, auth: AuthCallable) -> None:
-        try:
-            user = await auth(self.scope)
-        except HOOK_ERRORS as exc:
-            if isinstance(exc, asyncio.CancelledError) and self.cancelled():
-                raise
-            error = from_exception(exc)
-            if error is None and is_dependency_error(exc):  # the key store it called failed, not the client's key
-                what = f"the auth callable (a call it made{dependency_status(exc)})"
-                log_exception(what, exc, expose=True)  # the operator's to fix: docs/reference.md#privacy
-                error = GuardError(502, f"Authentication failed: {DEPENDENCY_FAILED}.")
-            elif error is None:
-                log_exception("the auth callable", exc, expose=self.guard.expose_hook_errors)
-                error = GuardError(500, "Authentication failed.")
-            raise Halt(error, exc) from None
-        if not isinstance(user, UserAPIKeyAuth) and is_litellm_identity(user):
-            user = from_litellm_identity(user)  # what a LiteLLM user_api_key_auth returns (docs/litellm.md)
-        if not isinstance(user, UserAPIKeyAuth):
-            error = GuardError(500, "Authentication failed.")
-            logger.error("the auth callable returned %s, not a UserAPIKeyAuth", type(user).__name__)
-            raise Halt(error, TypeError(error.message))
-        self.user = user
 
     def _parse(self, body: bytes | bytearray) -> None:
         wire = self.wire
