@@ -46,6 +46,7 @@ from .multipart import available as multipart_available
 from .observe import Observer, combine
 from .options import check_options
 from .pipeline import ResponsePipeline
+from .race import await_stopped, race
 from .request_headers import scan_headers, treated_as_post
 from .routes import RouteMatch, RouteTable
 
@@ -154,33 +155,6 @@ class LLMHookMiddleware:
 
 
 
-#: Seconds a request waits, after answering, for the tasks it cancelled (the app and moderation hooks after a
-#: moderation rejection) to stop.
-_APP_STOP_GRACE = 5.0
-
-
-async def _await_stopped(tasks: list[asyncio.Future[Any]]) -> None:
-    """Wait (bounded) for cancelled tasks to end, once the client has its answer. One that swallows its
-    cancellation and runs on past ``_APP_STOP_GRACE`` is cancelled once more and left to end on its own, logged:
-    awaiting it longer would hold the request (and, for a server, the connection) for as long as it runs."""
-    for task in tasks:
-        task.add_done_callback(_retrieve)  # what they raise after a rejection is of no interest to anyone
-    await asyncio.wait(tasks, timeout=_APP_STOP_GRACE)
-    for task in tasks:
-        if not task.done():
-            logger.error(
-                "a task the request cancelled (the downstream app or a moderation hook) ignored its cancellation "
-                "for %gs; it was cancelled again and is left to end on its own",
-                _APP_STOP_GRACE,
-            )
-            task.cancel()
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 class GuardedCall(CallState):
     """The flow of one guarded request; never shared between requests."""
 
@@ -264,7 +238,9 @@ class GuardedCall(CallState):
                 if refused is not None:
                     await self.pipeline.refuse(refused[0], refused[1].name, "pre_call")
                 elif self.hooks.moderation and not self.guard.moderate_first:
-                    await self._race(self._downstream_request(receive), receive)
+                    guard = self.guard
+                    scope = self._downstream_request(receive)
+                    await race(self, self.pipeline, guard.app, scope, receive, guard.observer)
                 else:
                     if self.hooks.moderation:
                         await self.moderate()  # moderation="before": a blocked prompt never reaches the app
@@ -311,7 +287,7 @@ class GuardedCall(CallState):
                     observer.request_finished(self.call_type, status, time.perf_counter() - started)
             self._end()
             if stopping:  # last: the answer went out, and the request is otherwise over
-                await _await_stopped(stopping)
+                await await_stopped(stopping)
 
     def _end(self) -> None:
         """Drop the references that tie this request's objects into cycles (the pipeline and its stream point
@@ -433,37 +409,3 @@ class GuardedCall(CallState):
             raise Halt(over_limit, over_limit) from None
         receive.replay(body)
         return self._downstream_scope(body, content_type, data if self.guard.litellm_fields else None)
-
-    async def _race(self, scope: Scope, receive: ReplayedReceive) -> None:
-        """Moderation and the app at once; the app's response is held until moderation passes
-        (docs/reference.md#moderation-race)."""
-        pipeline = self.pipeline
-        pipeline.hold()
-        app_task = asyncio.ensure_future(self.guard.app(scope, receive, pipeline.send))
-        try:
-            await self.moderate()
-        except BaseException:
-            pipeline.drop()
-            app_task.cancel()
-            # Not awaited here: the client's answer must not wait for an app that is slow to stop (or swallows
-            # its cancellation). run() awaits it after answering, bounded by _APP_STOP_GRACE.
-            self.stopping = [*(self.stopping or ()), app_task]
-            raise
-        if self.guard.observer is not None:
-            self.guard.observer.moderation_held(pipeline.held_for())
-        try:
-            await pipeline.release()
-        except BaseException:
-            app_task.cancel()
-            self.stopping = [*(self.stopping or ()), app_task]
-            if pipeline.done:
-                return
-            raise
-        try:
-            await app_task  # a cancelled request cancels app_task with it
-        except HOOK_ERRORS as exc:
-            if isinstance(exc, asyncio.CancelledError) and self.cancelled():
-                raise
-            await pipeline.finish_after_app(exc)
-        else:
-            await pipeline.finish_after_app(None)

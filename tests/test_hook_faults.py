@@ -22,7 +22,7 @@ import pytest
 from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from asgi_llm_guard import CustomGuardrail, LLMHookMiddleware, UserAPIKeyAuth, middleware, streaming
+from asgi_llm_guard import CustomGuardrail, LLMHookMiddleware, UserAPIKeyAuth, race, streaming
 from asgi_llm_guard.observe import Observer
 
 from .apps import Script, body_messages, chat, chat_chunk, http_scope, sse
@@ -645,7 +645,7 @@ async def test_a_moderation_rejection_is_answered_before_an_app_that_swallows_ca
 async def test_an_app_running_on_past_the_grace_is_cancelled_again_and_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(middleware, "_APP_STOP_GRACE", 0.2)  # 5 s in production; the wait is what is tested
+    monkeypatch.setattr(race, "_APP_STOP_GRACE", 0.2)  # 5 s in production; the wait is what is tested
     down = StubbornApp(linger=30)
     app, _ = guard(down, Rejects())
     script, answered, ended = await run_timed(app)
