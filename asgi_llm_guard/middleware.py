@@ -25,21 +25,19 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .assembly import assemble
 from .auth import UserAPIKeyAuth, scope_user_id
 from .bodies import ClientDisconnected, ReplayedReceive, parse_json_object, read_body, whole_body
 from .cache import DualCache
-from .call import CallSettings, CallState, GuardState
+from .call import CallSettings, CallState
 from .disconnects import DisconnectWatch
+from .downstream import downstream_request
 from .errors import GuardError, Halt
 from .formats import FORMATS
-from .guardrail_engine import strip_guardrail_fields
 from .hooks import HOOK_ERRORS, HookSet, cancelling, log_hook_exception
 from .identity import AuthCallable, authenticate
-from .litellm_adapter import forwarded_body, note_received
+from .litellm_adapter import note_received
 from .multipart import MISSING as MULTIPART_MISSING
 from .multipart import FormBody, is_multipart, parse_form
 from .multipart import available as multipart_available
@@ -53,8 +51,6 @@ from .routes import RouteMatch, RouteTable
 logger = logging.getLogger("asgi_llm_guard")
 
 MiB = 1024 * 1024
-#: ASGI extensions with which the server, not the app, sends the body bytes (`http.response.pathsend`, zero-copy).
-_BODYLESS_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
 
 
 class LLMHookMiddleware:
@@ -182,14 +178,15 @@ class GuardedCall(CallState):
 
     async def run(self) -> None:
         host = asyncio.current_task()
-        observer = self.guard.observer
+        guard = self.guard
+        observer = guard.observer
         started = 0.0
         if observer is not None:
             started = time.perf_counter()
             observer.request_started(self.call_type)
         try:
             try:
-                auth = self.guard.auth
+                auth = guard.auth
                 if auth is None:
                     # api_key and user_id, by position: keyword arguments to a class cost a dict per call.
                     self.user = UserAPIKeyAuth(
@@ -205,11 +202,11 @@ class GuardedCall(CallState):
                     raise Halt(self._header_error, self._header_error)
                 try:
                     message = await self.receive()
-                    body: bytes | bytearray | None = whole_body(message, self.guard.max_body_bytes)
+                    body: bytes | bytearray | None = whole_body(message, guard.max_body_bytes)
                     if body is None:  # more to come: read_body takes the first piece over (and frees it)
                         first = [message]
                         del message
-                        body = await read_body(self.receive, self.guard.max_body_bytes, first)
+                        body = await read_body(self.receive, guard.max_body_bytes, first)
                 except GuardError as error:
                     if auth is not None:
                         await self._authenticate_watched(auth, ReplayedReceive(self.receive), host)
@@ -225,31 +222,36 @@ class GuardedCall(CallState):
                     self._watch(receive, host)
                 self.args = {
                     "user_api_key_dict": self.user,
-                    "cache": self.guard.cache,
+                    "cache": guard.cache,
                     "data": self.data,
                     "request_data": self.data,
                     "call_type": self.call_type,
                 }
-                if self.guard.guardrails is not None:
-                    self.guardrail_run = self.args["guardrail_run"] = self.guard.guardrails.start(
+                if guard.guardrails is not None:
+                    self.guardrail_run = self.args["guardrail_run"] = guard.guardrails.start(
                         self.data, self.user, self.call_type
                     )
                 refused = await self.pre_call() if self.hooks.pre_call else None
                 if refused is not None:
                     await self.pipeline.refuse(refused[0], refused[1].name, "pre_call")
-                elif self.hooks.moderation and not self.guard.moderate_first:
-                    guard = self.guard
-                    scope = self._downstream_request(receive)
+                elif self.hooks.moderation and not guard.moderate_first:
+                    scope = downstream_request(
+                        self, self.scope, self.forwarded_headers, self.form, receive, guard.litellm_fields,
+                        guard.max_body_bytes,
+                    )
                     await race(self, self.pipeline, guard.app, scope, receive, guard.observer)
                 else:
                     if self.hooks.moderation:
                         await self.moderate()  # moderation="before": a blocked prompt never reaches the app
                     # The app is awaited right here: every coroutine layer between the server and the app costs
                     # a little on each call and resume.
-                    scope = self._downstream_request(receive)
+                    scope = downstream_request(
+                        self, self.scope, self.forwarded_headers, self.form, receive, guard.litellm_fields,
+                        guard.max_body_bytes,
+                    )
                     pipeline = self.pipeline
                     try:
-                        await self.guard.app(scope, receive, pipeline.send)
+                        await guard.app(scope, receive, pipeline.send)
                     except HOOK_ERRORS as exc:
                         if isinstance(exc, asyncio.CancelledError) and self.cancelled():
                             raise
@@ -271,7 +273,7 @@ class GuardedCall(CallState):
         finally:
             self._active = False
             if self._watch_args is not None:
-                self.guard.disconnects.discard(self)
+                guard.disconnects.discard(self)
             if self._watcher is not None:
                 self._watcher.cancel()
             stopping, self.stopping = self.stopping, None
@@ -371,41 +373,3 @@ class GuardedCall(CallState):
             param = wire.end_user_param
             missing = GuardError(400, f"'{param}' param not passed in. 'enforce_user_param'=True", param=param)
             raise Halt(missing, missing)
-
-    def _downstream_scope(self, body: bytes, content_type: bytes, data: dict[str, Any] | None = None) -> Scope:
-        headers = self.forwarded_headers
-        headers.append((b"content-type", content_type))
-        headers.append((b"content-length", str(len(body)).encode()))
-        scope = dict(self.scope)
-        scope["headers"] = headers
-        extensions = scope.get("extensions")
-        if extensions and not self.plain_response and _BODYLESS_SENDS.intersection(extensions):
-            # A hook reads the answer: the app must send it as body messages, not have the server send a file
-            # (no hook could see it; docs/reference.md#unreadable-responses).
-            scope["extensions"] = {k: v for k, v in extensions.items() if k not in _BODYLESS_SENDS}
-        state = scope.get("state")
-        if state is None:
-            state = scope["state"] = {}
-        # With LiteLLM hooks, the app's view is the body it received (without what LiteLLM consumes).
-        state["llm_guard"] = GuardState(self.call_type, self.user, self.data if data is None else data)
-        return scope
-
-    def _downstream_request(self, receive: ReplayedReceive) -> Scope:
-        """The final ``data`` as the body the app receives (replayed by ``receive``), and the scope it comes with."""
-        try:
-            data = forwarded_body(self.data) if self.guard.litellm_fields else self.data
-            if self.form is not None:
-                # Edited text fields, the file bytes unchanged; a 413 before joining when over max_body_bytes (the
-                # form's part headers may be longer than the client's). A JSON body is not bounded again: it
-                # grows only through hooks (trusted) or rare number spellings (1e15 written out).
-                body, content_type = self.form.encode(data, self.guard.max_body_bytes)
-            else:
-                if "guardrails" in data or "metadata" in data:
-                    strip_guardrail_fields(data)  # read by the guard, not the app (docs/reference.md#guardrails)
-                body, content_type = orjson.dumps(data), b"application/json"
-        except TypeError as exc:
-            raise self.unencodable(exc, self.hooks.pre_call, "pre_call") from None
-        except GuardError as over_limit:
-            raise Halt(over_limit, over_limit) from None
-        receive.replay(body)
-        return self._downstream_scope(body, content_type, data if self.guard.litellm_fields else None)
