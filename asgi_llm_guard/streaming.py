@@ -158,7 +158,7 @@ class StreamRewriter:
                         raise self.call.unencodable(exc, self.per_chunk, "streaming") from None
                     if name is None:
                         encoded = b"data: " + encoded + b"\n\n"
-                    else:  # the event keeps its name, as the app sent it (SPEC 6)
+                    else:  # the event keeps its name, as the app sent it (docs/reference.md#sse-parsing)
                         encoded = b"event: " + name + b"\ndata: " + encoded + b"\n\n"
                         self.named = True
                         if self.end_events and name.decode("utf-8", "replace") in self.end_events:
