@@ -259,6 +259,10 @@ class Guardrail:
                 return None, None
             done(decision, type(exc).__name__)
             raise
+        if result is None:
+            # None passes, but a guard that rewrote inputs["texts"] in place (LiteLLM's handlers read the texts
+            # back from the inputs) meant a rewrite: take it rather than let the unmasked text through.
+            result = inputs
         try:
             new = _texts_of(result, texts)
         except GuardrailResultError as exc:

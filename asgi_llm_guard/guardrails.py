@@ -185,7 +185,8 @@ class CustomGuardrail(CallHook):
         logging_obj: Any = None,
     ) -> dict[str, Any] | None:
         """Check or rewrite ``inputs["texts"]``: return the inputs with changed ``texts`` (same number, all str)
-        to rewrite them in place, ``None`` or the inputs unchanged to pass, raise to block (``RejectRequest``
+        to rewrite them in place (or change ``inputs["texts"]`` in place), ``None`` or the inputs unchanged to pass,
+        raise to block (``RejectRequest``
         for a refusal, an exception with ``status_code`` for an error). ``input_type`` is ``"request"`` or
         ``"response"``; ``inputs`` may also hold ``images``, ``tool_calls``, ``structured_messages``, ``model``.
         """

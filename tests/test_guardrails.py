@@ -530,3 +530,21 @@ async def test_anthropic_document_and_search_result_texts_are_request_texts() ->
     assert sent[0]["source"]["data"] == "doc [REDACTED]"
     assert sent[1]["source"]["content"][0]["text"] == "part [REDACTED]"
     assert sent[2]["content"][0]["text"] == "found [REDACTED]"
+
+
+class InPlace(CustomGuardrail):
+    """Masks by changing inputs["texts"] in place and returns None."""
+
+    async def apply_guardrail(self, inputs, request_data, input_type, logging_obj=None):  # type: ignore[no-untyped-def]
+        inputs["texts"][:] = [t.replace("s3cr3t", "[REDACTED]") for t in inputs["texts"]]
+        return None
+
+
+async def test_texts_changed_in_place_with_none_returned_are_the_rewrite() -> None:
+    # Regression: the in-place change was dropped (None read as "pass") and the unmasked text went both ways.
+    app, down = _app(InPlace(guardrail_name="ip", default_on=True), words=("the ", "s3cr3t"))
+    async with client(app) as c:
+        r = await c.post("/v1/chat/completions", json=chat("my s3cr3t key"))
+    assert r.status_code == 200
+    assert down.received[0].json["messages"][0]["content"] == "my [REDACTED] key"
+    assert r.json()["choices"][0]["message"]["content"] == "the [REDACTED]"
