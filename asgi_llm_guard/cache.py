@@ -554,6 +554,21 @@ class DualCache:
         return self._redis
 
     @property
+    def redis_cache(self) -> None:
+        """LiteLLM's ``DualCache.redis_cache``, read by its hooks that run Lua scripts of their own (the
+        max-iterations and per-session budget limiters): ``None`` without Redis, so they count in memory as on
+        LiteLLM's in-memory cache. With Redis there is no LiteLLM ``RedisCache`` here, and counting in one
+        process's memory would give each replica its own limit, so reading it raises (at the hook's
+        construction) instead."""
+        if self._redis is None:
+            return None
+        raise AttributeError(
+            "asgi_llm_guard.DualCache has no LiteLLM RedisCache (redis_cache): a hook that runs its own Redis "
+            "scripts needs LiteLLM's DualCache(redis_cache=RedisCache(...)), or this DualCache without Redis "
+            "(see docs/litellm.md)"
+        )
+
+    @property
     def owns_connections(self) -> bool:
         """Whether this cache built its Redis client (from ``redis_url``), so ``aclose`` must close it.
 

@@ -551,6 +551,52 @@ async def test_secret_detection_redacts_an_anthropic_messages_prompt() -> None:
     assert model.received[0]["messages"] == [{"role": "user", "content": "key [REDACTED]"}]
 
 
+# -- the max-iterations limiter (proxy/hooks/max_iterations_limiter.py) ---------------------------------------------
+
+
+async def test_max_iterations_limiter_refuses_a_session_over_its_limit() -> None:
+    """Regression: it reads ``dual_cache.redis_cache`` at construction (to register its Lua script), which our
+    DualCache lacked: an AttributeError. Without Redis it is None and the limiter counts in memory, as on
+    LiteLLM's in-memory DualCache; over the key's ``max_iterations`` the proxy answers 429."""
+    load_litellm()
+    from litellm.proxy.hooks.max_iterations_limiter import _PROXY_MaxIterationsHandler
+    from litellm.proxy.utils import InternalUsageCache
+
+    from asgi_llm_guard import DualCache
+
+    down = Downstream()
+    identity = UserAPIKeyAuth(api_key="k", metadata={"max_iterations": 2})
+    hook = _PROXY_MaxIterationsHandler(InternalUsageCache(DualCache()))
+    app = LLMHookMiddleware(down, hooks=[hook], auth=auth_returning(identity))
+    session = {"metadata": {"session_id": "s-1"}}
+    async with sdk(app) as client:
+        for _ in range(2):
+            await client.chat.completions.create(model="gpt-test", messages=user("hi"), extra_body=session)
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.chat.completions.create(model="gpt-test", messages=user("hi"), extra_body=session)
+        other = await client.chat.completions.create(
+            model="gpt-test", messages=user("hi"), extra_body={"metadata": {"session_id": "s-2"}}
+        )
+    assert raised.value.body["message"] == (  # type: ignore[index]
+        "Max iterations exceeded for session s-1. Current count: 3, max_iterations: 2."
+    )
+    assert other.choices[0].message.content == "Hello from the model"
+    assert len(down.received) == 3
+
+
+async def test_max_iterations_limiter_on_a_redis_dual_cache_fails_at_construction() -> None:
+    # Counting in one replica's memory would give each replica its own limit: a clear error instead.
+    load_litellm()
+    from litellm.proxy.hooks.max_iterations_limiter import _PROXY_MaxIterationsHandler
+    from litellm.proxy.utils import InternalUsageCache
+
+    from asgi_llm_guard import DualCache
+
+    async with DualCache(redis_url="redis://127.0.0.1:1/0") as cache:  # never connected: construction fails first
+        with pytest.raises(AttributeError, match=r"has no LiteLLM RedisCache.*needs LiteLLM's DualCache"):
+            _PROXY_MaxIterationsHandler(InternalUsageCache(cache))
+
+
 # -- classes that need the proxy itself -----------------------------------------------------------------------
 
 
