@@ -103,7 +103,9 @@ async def replicas(redis_url: str, namespace: str, count: int = 2, **env: str) -
 
 @asynccontextmanager
 async def raw_redis(url: str) -> AsyncIterator[Any]:
-    client = redis_asyncio.Redis.from_url(url)
+    # Wide timeouts: redis-py 8 gives up connecting after 5 s by default, which a loaded machine (a 1000-request
+    # burst on the same cores) overran, failing a test whose replicas were fine.
+    client = redis_asyncio.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=30)
     try:
         yield client
     finally:
@@ -174,11 +176,12 @@ async def test_one_replica_holds_1000_parallel_requests_without_a_503(redis_url:
     namespace, key, burst = _ns(), f"sk-{uuid.uuid4().hex}", 1_000
     async with replicas(redis_url, namespace, count=1, MAX_PARALLEL=str(burst)) as (one,), raw_redis(redis_url) as raw:
         limits = httpx.Limits(max_connections=burst + 10, max_keepalive_connections=burst + 10)
-        async with httpx.AsyncClient(timeout=30.0, limits=limits, headers={"Authorization": f"Bearer {key}"}) as http:
+        async with httpx.AsyncClient(timeout=90.0, limits=limits, headers={"Authorization": f"Bearer {key}"}) as http:
             url = f"{one.url}/v1/chat/completions"
             tasks = [asyncio.ensure_future(http.post(url, json=chat(), headers={"x-gate": "1"})) for _ in range(burst)]
-            # the gated requests cannot finish before the gate opens: one that did was refused
-            deadline = time.monotonic() + 20
+            # the gated requests cannot finish before the gate opens: one that did was refused (the deadline is
+            # wide for a loaded machine, and below the 60 s a gated request waits at most)
+            deadline = time.monotonic() + 45
             held = 0
             while time.monotonic() < deadline and not any(task.done() for task in tasks):
                 held = await parallel_count(raw, namespace)
