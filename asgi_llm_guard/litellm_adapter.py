@@ -79,6 +79,11 @@ _LITELLM_BASES = {
 
 #: Classes that need the LiteLLM proxy itself (its router, database or background jobs), by qualified name.
 NEEDS_PROXY = {
+    # Its budget is an agent's setting in the proxy's agent registry, charged with the proxy's computed cost:
+    # here no agent is registered, so it would find no budget and let every request through.
+    "litellm.proxy.hooks.max_budget_per_session_limiter._PROXY_MaxBudgetPerSessionHandler": (
+        "the proxy's agent registry (max_budget_per_session is an agent's setting) and its spend tracking"
+    ),
     "litellm.proxy.hooks.parallel_request_limiter_v3._PROXY_MaxParallelRequestsHandler_v3": (
         "the proxy's router and its Redis client; use _PROXY_MaxParallelRequestsHandler (v1) with "
         "InternalUsageCache(asgi_llm_guard.DualCache(...)), or asgi_llm_guard's own limiter"

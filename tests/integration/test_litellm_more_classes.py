@@ -608,3 +608,17 @@ def test_the_model_budget_limiter_says_it_needs_the_proxy() -> None:
     hook = _PROXY_VirtualKeyModelMaxBudgetLimiter(dual_cache=DualCache())
     with pytest.raises(TypeError, match="needs the LiteLLM proxy itself"):
         LLMHookMiddleware(Downstream(), hooks=[hook])
+
+
+def test_the_per_session_budget_limiter_says_it_needs_the_proxy() -> None:
+    """Regression: it takes its budget from the proxy's agent registry, empty here, so it found none and let
+    every request through unchecked; it now fails at construction saying what it needs."""
+    load_litellm()
+    from litellm.proxy.hooks.max_budget_per_session_limiter import _PROXY_MaxBudgetPerSessionHandler
+    from litellm.proxy.utils import InternalUsageCache
+
+    from asgi_llm_guard import DualCache
+
+    hook = _PROXY_MaxBudgetPerSessionHandler(InternalUsageCache(DualCache()))
+    with pytest.raises(TypeError, match="needs the LiteLLM proxy itself.*agent registry"):
+        LLMHookMiddleware(Downstream(), hooks=[hook])
