@@ -53,14 +53,26 @@ class SSEEvent:
         data = self.data
         return data is not None and (data == b"[DONE]" or data.strip() == b"[DONE]")
 
+    @property
+    def ends_previous(self) -> bool:
+        """True for the LF of a CRLF whose CR ended the previous event at the end of a fed chunk: no event, only
+        the last byte of the one before it (already returned, its ``raw`` ending in that CR). Pass it on after
+        that event's ``raw`` (the stream stays byte-identical), drop it after a re-encoded one (which ends with
+        its own blank line). Without it, the LF would read as an extra blank line, or as the whole unterminated
+        tail at the end of the stream, where the unsplit stream has none."""
+        return self.raw == b"\n"  # a lone LF is never an event's raw otherwise: a blank line alone dispatches nothing
+
 
 class SSEParser:
     """Split a byte stream into :class:`SSEEvent` objects, incrementally and losslessly.
 
     Lines end with CRLF, LF or CR. A CR that ends a fed chunk is treated as a complete line ending at once
     (so an event it terminates is returned without waiting); if the next chunk starts with LF, that LF is the
-    second half of the CRLF and is kept, unparsed, at the start of the next event's ``raw``. Blank lines with
-    no event before them (extra separators) are likewise kept at the start of the next event's ``raw``.
+    second half of the CRLF, one line end with it: inside an event it stays, unparsed, in that event's ``raw``;
+    after the event the CR ended, it is returned first, as an :class:`SSEEvent` of its own that
+    :attr:`SSEEvent.ends_previous` tells apart (never the start of the next event's ``raw``, nor a tail for
+    :meth:`close`). Blank lines with no event before them (extra separators) are kept at the start of the next
+    event's ``raw``.
     """
 
     __slots__ = ("_buf", "_pos", "_start", "_cr", "_bom", "_data", "_event", "_id", "_retry", "_has")
@@ -103,6 +115,12 @@ class SSEParser:
         if self.whole_data_event(chunk):
             return [SSEEvent(chunk, chunk[6:-2])]
         buf = self._buf
+        if self._cr and not buf and chunk[:1] == b"\n":
+            # The LF of a CRLF whose CR ended the event just returned: that event's last byte, not the start of
+            # the next one (nor, at the end of the stream, an unterminated tail).
+            self._cr = False
+            rest = self.feed(chunk[1:]) if len(chunk) > 1 else []
+            return [SSEEvent(b"\n"), *rest]
         buf += chunk
         if self._cr or self._bom:
             chunk = self._prelude(chunk)

@@ -101,6 +101,7 @@ class StreamRewriter:
         self.quick = not self.iterators
         self.idle = False  # `quick`, and nothing pending in the parser
         self.hook_pair = _chunk_hook_pair(self.per_chunk, call.args)
+        self._reencoded = False  # the last event went out re-encoded (not as its raw bytes)
 
     # -- input -------------------------------------------------------------------------------------------
 
@@ -196,11 +197,15 @@ class StreamRewriter:
             for event in events:
                 chunk = self._parse(event)
                 if chunk is None:
+                    if event.ends_previous and self._reencoded:
+                        continue  # the LF of a CRLF after an event that went out re-encoded, blank line and all
                     out.append(event.raw)
+                    self._reencoded = False
                     if event.is_done:
                         self.saw_done = self.done_sent = True
                 else:
                     out.append(self._encode(await self._apply_per_chunk(chunk), event))
+                    self._reencoded = True
                     if event.event in self.end_events:
                         self.saw_done = self.done_sent = True
         except Halt as failed:
@@ -292,12 +297,16 @@ class StreamRewriter:
 
     async def _source(self) -> AsyncIterator[dict[str, Any]]:
         assert self._queue is not None
+        raw_before = False  # the last event went out as its raw bytes (not re-encoded, nor held like [DONE])
         while True:
             event = await self._queue.get()
             if event is _END:
                 self._source_ended = True
                 return
+            if event.ends_previous and not raw_before:
+                continue  # the LF of a CRLF after an event that was re-encoded or is held: no blank line of its own
             chunk = self._parse(event)
+            raw_before = chunk is None and not event.is_done
             if chunk is not None:
                 yield chunk
             elif event.is_done:

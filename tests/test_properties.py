@@ -236,6 +236,7 @@ whole_events = st.sampled_from([
     b"data: not json\r\r",
 ])
 CHUNK_EVENT = b"data: " + orjson.dumps(chat_chunk("m", "hi")) + b"\n\n"
+CRLF_CHUNK_EVENT = b"data: " + orjson.dumps(chat_chunk("m", "hi")) + b"\r\n\r\n"
 sse_streams = st.lists(st.one_of(st.sampled_from(SSE_TOKENS), whole_events, st.binary(max_size=12)),
                        max_size=30).map(b"".join)
 
@@ -293,6 +294,15 @@ def described(events: list[Any], hooked: bool, with_names: bool = True) -> list[
 # A BOM before a first [DONE] followed by more events: the iterator path moved [DONE] to the end with its BOM,
 # where a client no longer strips it (a BOM counts only at the very start of a stream) and missed the [DONE].
 @example(stream=(b"\xef\xbb\xbfdata: [DONE]\n\n" + CHUNK_EVENT, [b"\xef\xbb\xbfdata: [DONE]\n\n" + CHUNK_EVENT]),
+         last_more_body=False, hooks_kind="iterator")
+# A CRLF-terminated event whose LF came alone in the last message: the parser returned it from close() as an
+# unterminated tail (b"\n"), and after the re-encoded event it went out as a stray blank line at the end.
+@example(stream=(CRLF_CHUNK_EVENT, [CRLF_CHUNK_EVENT[:-1], CRLF_CHUNK_EVENT[-1:]]), last_more_body=False,
+         hooks_kind="per-chunk")
+# The same split before more events: the LF was taken for the start of the next event (an extra blank line).
+@example(stream=(CRLF_CHUNK_EVENT + b": ping", [CRLF_CHUNK_EVENT[:-1], CRLF_CHUNK_EVENT[-1:] + b": ping"]),
+         last_more_body=True, hooks_kind="per-chunk")
+@example(stream=(CRLF_CHUNK_EVENT + b": ping", [CRLF_CHUNK_EVENT[:-1], CRLF_CHUNK_EVENT[-1:] + b": ping"]),
          last_more_body=False, hooks_kind="iterator")
 async def test_arbitrary_sse_streams_in_arbitrary_chunks(
     stream: tuple[bytes, list[bytes]], last_more_body: bool, hooks_kind: str

@@ -15,7 +15,8 @@ Fields = tuple[bytes | None, str | None, str | None, int | None]
 
 
 def fields(events: Iterable[SSEEvent]) -> list[Fields]:
-    return [(e.data, e.event, e.id, e.retry) for e in events]
+    """The events' fields, without the LF of a CRLF split after the event it ended (not an event)."""
+    return [(e.data, e.event, e.id, e.retry) for e in events if not e.ends_previous]
 
 
 def parse_all(stream: bytes) -> tuple[list[SSEEvent], bytes]:
@@ -141,7 +142,8 @@ def test_crlf_split_between_feeds_on_the_blank_line() -> None:
     assert fields(first) == [(b"a", None, None, None)]  # returned at once, not held back
     second = parser.feed(b"\ndata: b\r\n\r\n")
     assert fields(second) == [(b"b", None, None, None)]  # the LF was not a second blank line
-    assert first[0].raw + second[0].raw == b"data: a\r\n\r\ndata: b\r\n\r\n"
+    assert lossless(first + second, b"") == b"data: a\r\n\r\ndata: b\r\n\r\n"
+    assert second[0].ends_previous and second[1].raw == b"data: b\r\n\r\n"  # the LF ends event a, not starts b
     assert parser.close() == b""
 
 
@@ -161,11 +163,37 @@ def test_cr_at_chunk_end_followed_by_a_non_lf_byte() -> None:
     assert fields(parser.feed(b"data: b\r\r")) == [(b"b", None, None, None)]
 
 
-def test_lone_lf_after_cr_dispatch_is_kept_as_tail() -> None:
+def test_lf_after_a_cr_cr_dispatch_is_the_blank_lines_crlf() -> None:
+    # "data: a\r" + "\r\n": the blank line ends with CRLF; the LF arriving alone is no tail either.
     parser = SSEParser()
-    events = parser.feed(b"data: a\r\r")
-    assert parser.feed(b"\n") == []
-    assert lossless(events, parser.close()) == b"data: a\r\r\n"
+    events = parser.feed(b"data: a\r")
+    events += parser.feed(b"\r")
+    events += parser.feed(b"\n")
+    assert fields(events) == [(b"a", None, None, None)]
+    assert parser.close() == b""
+    assert lossless(events, b"") == b"data: a\r\r\n"
+
+
+def test_crlf_split_after_the_last_event_leaves_no_tail() -> None:
+    # Regression (found by test_arbitrary_sse_streams_in_arbitrary_chunks with random seeds): the LF of the last
+    # event's CRLF, arriving alone, came back from close() as an unterminated tail, b"\n", where the unsplit stream
+    # has none; after an event a hook re-encoded, it went out as a stray blank line at the end.
+    parser = SSEParser()
+    first = parser.feed(b"data: a\r\n\r")
+    assert fields(first) == [(b"a", None, None, None)]
+    rest = parser.feed(b"\n")
+    assert [e.raw for e in rest] == [b"\n"] and rest[0].ends_previous
+    assert parser.close() == b""
+    assert lossless(first + rest, b"") == b"data: a\r\n\r\n"
+
+
+def test_crlf_split_after_an_event_is_not_the_start_of_the_next_one() -> None:
+    parser = SSEParser()
+    first = parser.feed(b"data: a\r\n\r")
+    rest = parser.feed(b"\n: ping\r\n\r\n: unterminated")
+    assert [e.raw for e in rest] == [b"\n", b": ping\r\n\r\n"]
+    assert [e.ends_previous for e in first + rest] == [False, True, False]
+    assert parser.close() == b": unterminated"
 
 
 def test_multi_line_data_joined_with_lf() -> None:
@@ -346,7 +374,7 @@ def test_raw_bytes_preserved_exactly() -> None:
         (b"a\n", " spaced", "", None),
         ("€".encode(), None, None, None),
     ]
-    # split anywhere, a CRLF's LF may move to the next event's raw, but nothing is lost or changed
+    # split anywhere, a CRLF's LF may come apart from its event's raw, but nothing is lost or changed
     for pieces in (bytewise(stream), split_at(stream, range(0, len(stream), 5))):
         split_events, split_tail = parse_pieces(pieces)
         assert lossless(split_events, split_tail) == stream
@@ -448,7 +476,7 @@ def test_property_generated_events_survive_any_split(
     events, tail = parse_pieces(pieces)
     assert fields(events) == expected
     assert lossless(events, tail) == stream
-    assert tail in (b"", b"\n", whole_tail)  # b"\n": a final CRLF split after its CR
+    assert tail == whole_tail  # not b"\n" for a final CRLF split after its CR
 
 
 _SSE_TOKENS = [
@@ -478,6 +506,7 @@ def test_property_arbitrary_bytes_never_raise_and_are_lossless(stream: bytes, da
     events, tail = parse_pieces(pieces)
     assert lossless(events, tail) == stream
     assert fields(events) == fields(whole)
+    assert tail == whole_tail
 
 
 # --- linearity ------------------------------------------------------------------------------------
@@ -504,7 +533,7 @@ def test_huge_multi_line_event_fed_one_byte_at_a_time_is_linear() -> None:
     for i in range(len(stream)):
         events.extend(parser.feed(stream[i : i + 1]))
     elapsed = time.perf_counter() - started
-    assert len(events) == 1 and events[0].data == b"\n".join([b"y" * 20] * 40_000)
+    assert fields(events) == [(b"\n".join([b"y" * 20] * 40_000), None, None, None)]
     assert elapsed < 30
 
 

@@ -809,3 +809,29 @@ async def test_fail_open_per_chunk_hook_that_times_out_keeps_the_chunk() -> None
     script = await drive(LLMHookMiddleware(stream_app(CHAT_EVENTS), hooks=[SlowSometimes()]))
     chunks = payloads(script.body)
     assert [c["choices"][0]["delta"].get("content") for c in chunks[:4]] == ["*", "lo", "*", "*"]
+
+
+@pytest.mark.parametrize("iterator", [False, True], ids=["per-chunk", "iterator"])
+async def test_a_crlf_split_after_its_cr_goes_out_with_its_event_only(iterator: bool) -> None:
+    # Regression: the LF of a CRLF arriving in the next message was taken for an extra blank line (or, last, for an
+    # unterminated tail): after a re-encoded event it went out as a stray "\n"; after a passed-through one it must
+    # still follow it, so the stream stays byte-identical there.
+    json_event = b'data: {"a": 1}\r\n\r\n'
+    ping = b": ping\r\n\r\n"
+    events = [json_event[:-1], json_event[-1:] + ping[:-1], ping[-1:]]
+
+    class Tag:
+        async def async_post_call_streaming_hook(self, user_api_key_dict: Any, response: dict) -> Any:
+            return {**response, "tagged": True}
+
+    class Through:
+        async def async_post_call_streaming_iterator_hook(
+            self, user_api_key_dict: Any, response: Any, request_data: dict
+        ) -> Any:
+            async for chunk in response:
+                yield chunk
+
+    hooks: list[Any] = [Through(), Tag()] if iterator else [Tag()]
+    script = await drive(LLMHookMiddleware(stream_app(events), hooks=hooks))
+    out = b"".join(m.get("body", b"") for m in script.sent[1:])
+    assert out == b'data: {"a":1,"tagged":true}\n\n' + ping
