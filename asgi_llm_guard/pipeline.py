@@ -95,7 +95,7 @@ class ResponsePipeline:
 
     __slots__ = (
         "call", "client_send", "status", "started", "done", "_passing", "_app_started", "_app_done", "_held",
-        "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream", "_feed", "_last_body",
+        "_held_since", "_mode", "_start", "_sent_start", "_chunks", "stream", "_feed", "_last_body", "_body_before",
         "_trailers_sent", "_held_bytes", "_hold_limit", "_resume", "_dropped", "_head",
     )
 
@@ -120,7 +120,11 @@ class ResponsePipeline:
         self._chunks: list[bytes] = []
         self.stream: StreamRewriter | None = None
         self._feed: Callable[[bytes, bool], Awaitable[None]] | None = None  # the rewriter's, while it takes chunks
-        self._last_body: Message | None = None  # the last body message that went out as the app sent it
+        # The last two non-empty body messages that went out as the app sent them: whether the stream ended with an
+        # event, or with [DONE], is judged on both, since the app may send an event in pieces (a CRLF split after its
+        # CR leaves only the LF in the last message).
+        self._last_body: Message | None = None
+        self._body_before: Message | None = None
         self._trailers_sent = False  # the final http.response.trailers went to the client
         self._head: bytes | None = None  # while sniffing: the body's first bytes, BOM and leading whitespace dropped
 
@@ -148,7 +152,9 @@ class ResponsePipeline:
             self.status = message["status"]
             self._sent_start = message
         elif kind == "http.response.body":
-            self._last_body = message
+            if message.get("body"):
+                self._body_before = self._last_body
+                self._last_body = message
             if not message.get("more_body", False):
                 self.done = True
                 self._feed = None
@@ -244,7 +250,9 @@ class ResponsePipeline:
             if not message.get("more_body", False):
                 self._passing = False
                 self._app_done = self.done = True
-            self._last_body = message
+            if message.get("body"):
+                self._body_before = self._last_body
+                self._last_body = message
             return self.client_send(message)
         feed = self._feed
         if feed is not None and message["type"] == "http.response.body":
@@ -621,7 +629,9 @@ class ResponsePipeline:
         if self.stream is not None:
             await self.stream.end_with(outcome)
         elif self.is_sse:
-            last = self._last_body.get("body", b"") if self._last_body is not None else b""
+            last = self._last_body["body"] if self._last_body is not None else b""
+            if self._body_before is not None:
+                last = self._body_before["body"] + last
             if _ends_the_stream(last, call.wire.stream_end_events):
                 # After [DONE] the stream is over for the client: no error event, no second [DONE], only the end.
                 await self.emit({"type": "http.response.body", "body": b"", "more_body": False})

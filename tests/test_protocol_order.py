@@ -243,6 +243,23 @@ async def test_app_raising_after_its_done_ends_the_stream_cleanly(
     assert len(failures.exceptions) <= 1
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [[b"data: [DONE]\r\n\r", b"\n"], [b"data: [DONE]\n\n", b""], [b"data: [DO", b"NE]\n\n"]],
+    ids=["crlf-split-after-its-cr", "empty-message-after", "done-split"],
+)
+@pytest.mark.parametrize("hook", ["pre-call", "per-chunk", "iterator"])
+async def test_app_raising_after_its_done_sent_in_pieces_ends_the_stream_cleanly(hook: str, tail: list[bytes]) -> None:
+    """Regression: on the pass-through path only the last message was looked at for the app's [DONE]: when it was
+    the LF of the [DONE]'s CRLF, an empty message, or the [DONE] line's second half, the client got an error event
+    and a second [DONE] after the app's own."""
+    steps = [START_SSE, *streamed(EVENTS[:-1]), *[body(piece, True) for piece in tail]]
+    app = LLMHookMiddleware(Scripted(steps, then_raise=RuntimeError("cleanup failed")), hooks=[HOOKS[hook]()])
+    script = await drive(app)
+    assert_legal(script.sent)
+    assert script.body.count(b"[DONE]") == 1 and b"error" not in script.body
+
+
 async def test_app_raising_mid_stream_still_gets_the_error_event_and_done() -> None:
     """The other side of the above: a stream cut off before [DONE] ends with the error event and [DONE]."""
     app = LLMHookMiddleware(Scripted([START_SSE, *streamed(EVENTS[:2])], then_raise=RuntimeError("x")),
