@@ -246,3 +246,19 @@ class CallState:
                 task.cancel()
             if left:
                 self.stopping = [*(self.stopping or ()), *left]
+
+    async def complete(self, status: int) -> None:
+        """Run the completion hooks once the request is over: what they raise is logged, never answered."""
+        arguments = {
+            "request_data": self.data,
+            "user_api_key_dict": self.user,
+            "status_code": status,
+            "call_type": self.call_type,
+        }
+        for hook in self.hooks.complete:
+            try:
+                await hook.call(arguments)
+            except HOOK_ERRORS as exc:
+                if isinstance(exc, asyncio.CancelledError) and cancelling():
+                    raise
+                log_hook_exception(hook, exc, self.settings.expose_hook_errors)

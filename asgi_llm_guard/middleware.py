@@ -35,7 +35,7 @@ from .disconnects import DisconnectWatch
 from .downstream import downstream_request
 from .errors import GuardError, Halt
 from .formats import FORMATS
-from .hooks import HOOK_ERRORS, HookSet, cancelling, log_hook_exception
+from .hooks import HOOK_ERRORS, HookSet
 from .identity import AuthCallable, authenticate
 from .litellm_adapter import note_received
 from .multipart import MISSING as MULTIPART_MISSING
@@ -284,7 +284,7 @@ class GuardedCall(CallState):
                 self.guardrail_run.finish(499 if self.client_gone else pipeline.status)
             if self.hooks.complete or observer is not None:
                 status = 499 if self.client_gone else pipeline.status
-                await self._complete(status)
+                await self.complete(status)
                 if observer is not None:
                     observer.request_finished(self.call_type, status, time.perf_counter() - started)
             self._end()
@@ -301,21 +301,6 @@ class GuardedCall(CallState):
         self.guardrail_run = None
         self._watcher = None
         self._watch_args = None
-
-    async def _complete(self, status: int) -> None:
-        arguments = {
-            "request_data": self.data,
-            "user_api_key_dict": self.user,
-            "status_code": status,
-            "call_type": self.call_type,
-        }
-        for hook in self.hooks.complete:
-            try:
-                await hook.call(arguments)
-            except HOOK_ERRORS as exc:
-                if isinstance(exc, asyncio.CancelledError) and cancelling():
-                    raise
-                log_hook_exception(hook, exc, self.guard.expose_hook_errors)
 
     def _watch(self, receive: ReplayedReceive, host: asyncio.Task[Any]) -> None:
         """Watch this request for its client's disconnect from now on (see :class:`DisconnectWatch`)."""
