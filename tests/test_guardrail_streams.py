@@ -395,3 +395,21 @@ async def test_anthropic_answer_content_as_a_string_or_untyped_block_is_masked(c
     assert r.status_code == 200 and "s3cr3t" not in r.text
     got = r.json()["content"]
     assert (got if isinstance(got, str) else got[0]["text"]) == "the [REDACTED]"
+
+
+async def test_anthropic_text_put_in_message_start_content_is_checked_there() -> None:
+    # Regression: a downstream that puts the answer's text in message_start's content (Anthropic's own sends it
+    # empty) got it past a post_call guardrail; the SDK's messages.stream() keeps it in the final message.
+    events = _anthropic_stream(["and s3cr3t"])
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+               "content": [{"type": "text", "text": "a s3cr3t"}], "stop_reason": None, "stop_sequence": None,
+               "usage": {"input_tokens": 1, "output_tokens": 0}}
+    events[0] = _named("message_start", message=message)
+    app = LLMHookMiddleware(Streamer(events), routes={"/v1/messages": "anthropic_messages"}, hooks=[Masker()])
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with client(app) as c:
+        r = await c.post("/v1/messages", json=body)
+    _assert_no_piece_of(r.content, "s3cr3t")
+    data = _data(r.content)
+    assert data[0]["message"]["content"] == [{"type": "text", "text": "a [REDACTED]"}]
+    assert "".join(e["delta"]["text"] for e in data if e["type"] == "content_block_delta") == "and [REDACTED]"

@@ -200,6 +200,19 @@ class AnthropicStreamText(StreamText):
         return {"type": "content_block_delta", "index": template.get("index", 0),
                 "delta": {"type": "text_delta", "text": text}}
 
+    def echoes(self, chunk: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        # Anthropic's message_start has empty content, but a downstream may put the answer's text there; the SDK's
+        # messages.stream() keeps it in the final message, so it is checked there, whole.
+        if chunk.get("type") != "message_start":
+            return []
+        message = chunk.get("message")
+        if not isinstance(message, dict):
+            return []
+        if isinstance(message.get("content"), str):
+            return [(("message_start", 0), message, "content")]
+        return [(("message_start", position), slot.container, slot.key)
+                for position, slot in enumerate(_text_block_slots(message.get("content")))]
+
 
 class AnthropicMessages(WireFormat):
     stream_text = AnthropicStreamText()
