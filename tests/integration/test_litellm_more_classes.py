@@ -222,6 +222,56 @@ async def test_tool_permission_refuses_a_request_offering_a_denied_tool() -> Non
     assert [r.json["tools"] for r in down.received] == [TOOLS[:1]]
 
 
+class ToolCallingModel:
+    """A chat model that answers every request with a call of the ``delete_files`` tool."""
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import orjson
+
+        from tests.apps import read_request
+
+        body = await read_request(scope, receive, send)
+        if body is None:
+            return
+        self.received.append(orjson.loads(body))
+        call = {"id": "call_1", "type": "function", "function": {"name": "delete_files", "arguments": "{}"}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        answer = {
+            "id": "chatcmpl-tool", "object": "chat.completion", "created": 1, "model": "gpt-test",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+
+
+@pytest.mark.parametrize("action", ["block", "rewrite"])
+async def test_tool_permission_post_call_blocks_or_rewrites_a_denied_tool_call(action: str) -> None:
+    load_litellm()
+    from litellm.proxy.guardrails.guardrail_hooks.tool_permission import ToolPermissionGuardrail
+
+    guard = ToolPermissionGuardrail(
+        guardrail_name="tools", rules=[{"id": "weather", "tool_name": "get_weather", "decision": "allow"}],
+        default_action="deny", on_disallowed_action=action, event_hook="post_call", default_on=True,
+    )
+    async with sdk(LLMHookMiddleware(ToolCallingModel(), hooks=[guard])) as client:
+        if action == "block":
+            # The proxy: GuardrailRaisedException, a 400 with its text.
+            with pytest.raises(openai.BadRequestError) as raised:
+                await client.chat.completions.create(model="gpt-test", messages=user("hi"))
+            assert raised.value.body["message"] == (  # type: ignore[index]
+                "Guardrail raised an exception, Guardrail: tools, Message: Tool 'delete_files' denied by default action"
+            )
+            return
+        answer = await client.chat.completions.create(model="gpt-test", messages=user("hi"))
+    # "rewrite": the denied call is replaced by a message saying so.
+    assert answer.choices[0].message.tool_calls is None
+    assert answer.choices[0].message.content == "Permission denied: Tool 'delete_files' denied by default action"
+
+
 # -- Guardrails AI (guardrail_hooks/guardrails_ai/guardrails_ai.py) ------------------------------------------------
 
 
