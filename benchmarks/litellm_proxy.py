@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import median, table
-from benchmarks.e2e import HOST, Load, LoadGenerator, Server, check_answer, free_port, interleave
+from benchmarks.load import HOST, Load, LoadGenerator, Server, check_answer, free_port, interleave
 
 VENV = Path(__file__).resolve().parent / ".litellm-venv"
 INSTALL_TIMEOUT = 900.0
