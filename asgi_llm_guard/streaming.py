@@ -111,8 +111,7 @@ class StreamRewriter:
             # Nearly every message of a stream: one whole event, nothing pending in the parser. Chat and text
             # completions send `data: {…}`, Anthropic and the Responses API `event: name` then `data: {…}`. The
             # same steps as below, without the general machinery around them.
-            name: bytes | None = None
-            start = 0
+            start = 0  # where the JSON starts: 6 after `data: `, further after a named event's first line
             if body.startswith(b"data: {"):
                 if (
                     body.find(b"\n") == len(body) - 2  # the first line break is the next-to-last byte...
@@ -129,7 +128,7 @@ class StreamRewriter:
                     and body[-1] == 0x0A
                     and body.find(b"\r") < 0
                 ):
-                    name, start = body[7:line], line + 7
+                    start = line + 7
             try:
                 chunk = orjson.loads(body[start:-2]) if start else None
             except orjson.JSONDecodeError:
@@ -154,15 +153,14 @@ class StreamRewriter:
                         if self.observes:  # as _apply_per_chunk does
                             self.state.observe(chunk)
                     try:
-                        encoded = orjson.dumps(chunk)
+                        # A named event keeps its name, as the app sent it (docs/reference.md#sse-parsing)
+                        prefix = b"data: " if start == 6 else b"event: " + body[7:start]
+                        encoded = prefix + orjson.dumps(chunk) + b"\n\n"
                     except TypeError as exc:
                         raise self.call.unencodable(exc, self.per_chunk, "streaming") from None
-                    if name is None:
-                        encoded = b"data: " + encoded + b"\n\n"
-                    else:  # the event keeps its name, as the app sent it (docs/reference.md#sse-parsing)
-                        encoded = b"event: " + name + b"\ndata: " + encoded + b"\n\n"
+                    if start != 6:
                         self.named = True
-                        if self.end_events and name.decode("utf-8", "replace") in self.end_events:
+                        if self.end_events and body[7 : start - 7].decode("utf-8", "replace") in self.end_events:
                             self.saw_done = self.done_sent = True
                     marker = self.finish_marker
                     if marker is not None and encoded.find(marker) >= 0:  # see _encode
