@@ -58,6 +58,7 @@ _JSON, _SSE, _OTHER, _EMPTY = range(4)
 _SSE_FIELDS = (b"data", b"event", b"id", b"retry")
 #: Messages with which the server, not the app, sends the body (the ASGI pathsend and zero-copy extensions).
 _BODYLESS_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
+_JSON_OPENERS = (b"{", b"[")
 _SNIFF_BYTES = 16  # enough to tell `retry:` from a word; the rest of the body is never looked at here
 
 #: Body bytes held while moderation runs before the app's ``send`` waits for moderation to pass.
@@ -322,6 +323,13 @@ class ResponsePipeline:
             if body:
                 self._chunks.append(body)
             if mode == _SNIFF:
+                if self._head is None and body[:1] in _JSON_OPENERS and self.call.hooks.success:
+                    # Nearly every answer a success hook reads: JSON from its first byte, nothing to skip (what
+                    # _sniff and _sniffed decide for it, without the calls).
+                    self._mode = _SUCCESS
+                    if not more:
+                        await self._finish_success()
+                    return
                 kind = self._sniff(body, more)
                 if kind is not None:
                     await self._sniffed(kind, more)
