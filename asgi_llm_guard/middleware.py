@@ -5,10 +5,13 @@ Unguarded traffic (not HTTP, not POST, not a guarded route) reaches the app with
 boundary only, as Starlette's ``get_route_path`` does; where that matches no route, the whole ``path`` is matched
 too (a mounted app's router may keep ``root_path``), which guards more than Starlette does, never less.
 
-A guarded request goes: identity → body (read once, bounded) → ``enforce_user_param`` → pre-call hooks →
-moderation (before, or raced against the app) → the app, whose response flows back through
-:class:`~asgi_llm_guard.pipeline.ResponsePipeline`. Any failure on the way is reported once to the failure hooks
-and answered in the form the client can still receive (docs/reference.md#refusals, #errors).
+A guarded request goes: identity (``identity.py`` for an ``auth`` callable) → body (read once, bounded) →
+``enforce_user_param`` → pre-call hooks → moderation (before, or raced against the app: ``race.py``) → the app,
+which receives the final body (``downstream.py``) and whose response flows back through
+:class:`~asgi_llm_guard.pipeline.ResponsePipeline`. The hooks themselves are assembled once, at construction
+(``assembly.py``); what differs between wire formats is the request's :class:`~asgi_llm_guard.formats.WireFormat`.
+Any failure on the way is reported once to the failure hooks and answered in the form the client can still
+receive (docs/reference.md#refusals, #errors).
 
 Differences from the LiteLLM proxy, on purpose: ``enforce_user_param`` answers 400 and rejects ``null`` (LiteLLM
 answers 401 and lets ``null`` through); moderation can run before the app (``moderation="before"``) so a blocked
@@ -148,7 +151,6 @@ class LLMHookMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_closing_cache)
-
 
 
 class GuardedCall(CallState):
