@@ -95,8 +95,9 @@ class Guardrail:
     def __init__(self, guard: CustomGuardrail, timeout: float | None, fail_open: bool, observer: Observer | None):
         self.guard = guard
         self.name = guard.guardrail_name or type(guard).__name__
-        cls = type(guard).__name__
-        self.display = cls if self.name == cls else f"{cls}({self.name})"  # in error messages and metrics
+        # A guardrail is a hook: its 500 says "<stage> hook <ClassName> failed" like any other hook's
+        # (docs/reference.md#errors); its guardrail_name is in the applied-guardrails header, its decision and the log.
+        self.display = type(guard).__name__
         self.modes: tuple[str, ...] = getattr(guard, "event_hooks", ("pre_call", "post_call"))
         self.timeout = timeout
         self.fail_open = fail_open

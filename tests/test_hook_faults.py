@@ -702,7 +702,7 @@ async def test_a_guardrail_raising_cancelled_error_of_its_own_is_its_failure() -
     guardrail = Cancelled(guardrail_name="cancelled", event_hook="pre_call", default_on=True)
     app, failures = guard(App(JSON_STEPS), guardrail, observer=recorder)
     script = await drive(app)
-    assert error_of(script, 500)["message"] == "pre_call hook Cancelled(cancelled) failed"
+    assert error_of(script, 500)["message"] == "pre_call hook Cancelled failed"
     assert recorder.decisions == [("cancelled", "pre_call", "error")]
     assert [type(e) for e in failures.exceptions] == [asyncio.CancelledError]
 
@@ -717,7 +717,7 @@ async def test_a_guardrail_whose_provider_refuses_the_services_key_is_a_502_reco
     app, _ = guard(App(JSON_STEPS), guardrail, observer=recorder)
     script = await drive(app)
     message = error_of(script, 502)["message"]
-    assert message == "pre_call hook CallsOpenAI(calls-openai) failed: upstream dependency error"
+    assert message == "pre_call hook CallsOpenAI failed: upstream dependency error"
     assert recorder.decisions == [("calls-openai", "pre_call", "error")]  # not a "block" of the client's request
 
 

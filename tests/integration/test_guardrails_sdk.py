@@ -185,7 +185,7 @@ async def test_chat_stream_blocked_mid_way_ends_with_the_refusal(oai: openai.Asy
 async def test_chat_stream_guard_failing_mid_way_raises_api_error(oai: openai.AsyncOpenAI) -> None:
     stream = await oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "fail"}],
                                                stream=True)
-    with pytest.raises(openai.APIError, match="no-secrets"):
+    with pytest.raises(openai.APIError, match="streaming hook NoSecrets failed"):
         async for _ in stream:
             pass
 
