@@ -121,9 +121,10 @@ class ResponsePipeline:
         self._chunks: list[bytes] = []
         self.stream: StreamRewriter | None = None
         self._feed: Callable[[bytes, bool], Awaitable[None]] | None = None  # the rewriter's, while it takes chunks
-        # The last two non-empty body messages that went out as the app sent them: whether the stream ended with an
-        # event, or with [DONE], is judged on both, since the app may send an event in pieces (a CRLF split after its
-        # CR leaves only the LF in the last message).
+        # The last two body messages that went out as the app sent them: whether the stream ended with an event, or
+        # with [DONE], is judged on both joined, since the app may send an event in pieces (a CRLF split after its CR
+        # leaves only the LF in the last message; an empty message may follow [DONE]). Kept without a test per
+        # chunk: the pass-through path pays one assignment a chunk for it.
         self._last_body: Message | None = None
         self._body_before: Message | None = None
         self._trailers_sent = False  # the final http.response.trailers went to the client
@@ -153,9 +154,7 @@ class ResponsePipeline:
             self.status = message["status"]
             self._sent_start = message
         elif kind == "http.response.body":
-            if message.get("body"):
-                self._body_before = self._last_body
-                self._last_body = message
+            self._body_before, self._last_body = self._last_body, message
             if not message.get("more_body", False):
                 self.done = True
                 self._feed = None
@@ -251,9 +250,7 @@ class ResponsePipeline:
             if not message.get("more_body", False):
                 self._passing = False
                 self._app_done = self.done = True
-            if message.get("body"):
-                self._body_before = self._last_body
-                self._last_body = message
+            self._body_before, self._last_body = self._last_body, message
             return self.client_send(message)
         feed = self._feed
         if feed is not None and message["type"] == "http.response.body":
@@ -637,9 +634,9 @@ class ResponsePipeline:
         if self.stream is not None:
             await self.stream.end_with(outcome)
         elif self.is_sse:
-            last = self._last_body["body"] if self._last_body is not None else b""
+            last = self._last_body.get("body", b"") if self._last_body is not None else b""
             if self._body_before is not None:
-                last = self._body_before["body"] + last
+                last = self._body_before.get("body", b"") + last
             if _ends_the_stream(last, call.wire.stream_end_events):
                 # After [DONE] the stream is over for the client: no error event, no second [DONE], only the end.
                 await self.emit({"type": "http.response.body", "body": b"", "more_body": False})
