@@ -21,7 +21,6 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -30,6 +29,7 @@ import httpx
 from ..errors import GuardError, RejectRequest
 from ..guardrail_engine import current_user
 from ..guardrails import CustomGuardrail
+from ._http import ServiceClient
 
 __all__ = ["GenericGuardrailAPI", "GuardrailServiceError"]
 
@@ -47,7 +47,7 @@ class _Failed(Exception):
     pass
 
 
-class GenericGuardrailAPI(CustomGuardrail):
+class GenericGuardrailAPI(ServiceClient, CustomGuardrail):
     """A guardrail service behind LiteLLM's Generic Guardrail API::
 
         guard = GenericGuardrailAPI("http://guard.internal:8080", api_key="…", guardrail_name="corp-guard",
@@ -104,9 +104,7 @@ class GenericGuardrailAPI(CustomGuardrail):
         #: Read by the middleware: the bound on each call, and whether a failure lets the text through.
         self.timeout = None if timeout is None else float(timeout)
         self.fail_open = fail_open
-        self._client = client
-        self._transport = transport
-        self._owns_client = client is None
+        self._use_client(client, transport)
 
     async def apply_guardrail(
         self, inputs: dict[str, Any], request_data: Any, input_type: str, logging_obj: Any = None
@@ -173,25 +171,6 @@ class GenericGuardrailAPI(CustomGuardrail):
         if not isinstance(answer, dict) or answer.get("action", "NONE") not in _ACTIONS:
             raise _Failed("its answer has no action NONE, BLOCKED or GUARDRAIL_INTERVENED")
         return answer
-
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(transport=self._transport, timeout=self.timeout)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the client the guardrail created (a client passed in stays open)."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    async def __aenter__(self) -> GenericGuardrailAPI:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api_base={self.api_base!r}, guardrail_name={self.guardrail_name!r})"

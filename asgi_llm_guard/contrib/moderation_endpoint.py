@@ -16,7 +16,6 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -26,6 +25,7 @@ from .._types import CALL_TYPES
 from ..errors import GuardError, RejectRequest
 from ..guardrails import CustomGuardrail
 from ..text import request_texts
+from ._http import ServiceClient
 
 __all__ = ["ModerationEndpointHook", "ModerationFlagged"]
 
@@ -44,7 +44,7 @@ class _EndpointFailed(Exception):
     pass
 
 
-class ModerationEndpointHook(CustomGuardrail):
+class ModerationEndpointHook(ServiceClient, CustomGuardrail):
     """Refuse requests that an OpenAI-compatible moderation endpoint flags.
 
     The request's texts (all of them, docs/reference.md#hooks) are sent joined as one ``input``. A result counts as
@@ -125,9 +125,7 @@ class ModerationEndpointHook(CustomGuardrail):
         self.timeout = None if timeout is None else float(timeout)
         self.fail_open = fail_open
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._transport = transport
-        self._client = client
-        self._owns_client = client is None
+        self._use_client(client, transport)
 
     async def apply_guardrail(
         self, inputs: dict[str, Any], request_data: Any, input_type: str, logging_obj: Any = None
@@ -221,28 +219,6 @@ class ModerationEndpointHook(CustomGuardrail):
         if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
             raise _EndpointFailed("the answer has no 'results' list")
         return results
-
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(transport=self._transport, timeout=self.timeout)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the client the hook created (a client passed in stays open): ``await hook.aclose()``."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    async def __aenter__(self) -> ModerationEndpointHook:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, model={self.model!r}, fail_open={self.fail_open})"
